@@ -1,0 +1,143 @@
+"""TD3 and TD3+BC (OPT.md §3, §3.1): the MuJoCo backbone.
+
+The losses are functions of layer parameters so that the same code serves one critic, several critics stacked
+into one batched call (Q_off and Q_on), and the inner-stepped parameters of OPT's meta-adaptation.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from opt_fast.config import Config
+from opt_fast.networks import Critic, DeterministicActor, LayerParams, polyak_update, q_values
+
+
+@dataclass
+class Batch:
+    """A batch of transitions as float32 tensors; ``done`` is 1.0 only for true terminations."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    done: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, arrays: dict, device: torch.device | str) -> "Batch":
+        return cls(*(torch.as_tensor(arrays[k], device=device) for k in ("obs", "action", "reward", "next_obs", "done")))
+
+
+def members(params: Sequence[LayerParams], index: Sequence[int]) -> list[LayerParams]:
+    """The given ensemble members' parameters (e.g. [0] = Q_1 of a twin critic)."""
+    idx = list(index)
+    return [tuple(None if p is None else p[idx] for p in layer) for layer in params]  # type: ignore[misc]
+
+
+def detached(params: Sequence[LayerParams]) -> list[LayerParams]:
+    """Parameters cut from the graph: the actor's loss must not put gradients into the critics."""
+    return [tuple(None if p is None else p.detach() for p in layer) for layer in params]  # type: ignore[misc]
+
+
+def td_target(
+    target_params: Sequence[LayerParams], target_actor: nn.Module, batch: Batch, config: Config
+) -> torch.Tensor:
+    """y = r + gamma (1 - done) min_j Qtarg_j(s', a') with target-policy smoothing, per twin pair: [n_twins, B]."""
+    with torch.no_grad():
+        noise = (torch.randn_like(batch.action) * config.policy_noise).clamp(-config.noise_clip, config.noise_clip)
+        next_action = (target_actor(batch.next_obs) + noise).clamp(-1.0, 1.0)
+        next_q = q_values(target_params, batch.next_obs, next_action)
+        next_q = next_q.view(-1, 2, next_q.shape[-1]).amin(dim=1)
+        return batch.reward + config.gamma * (1.0 - batch.done) * next_q
+
+
+def td_losses(params: Sequence[LayerParams], batch: Batch, target: torch.Tensor) -> torch.Tensor:
+    """L_TD = sum_{j=1,2} E[(Q_j(s, a) - y)^2] for each twin pair of the (stacked) ensemble: [n_twins]."""
+    q = q_values(params, batch.obs, batch.action)
+    q = q.view(-1, 2, q.shape[-1])
+    return (q - target.unsqueeze(1)).pow(2).mean(dim=-1).sum(dim=-1)
+
+
+def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], batch: Batch, alpha: float):
+    """TD3+BC: -lam E[Q_1(s, pi(s))] + E[(pi(s) - a)^2], lam = alpha / mean|Q_1| (no gradient through lam)."""
+    pi = actor(batch.obs)
+    q = q_values(detached(members(critic_params, [0])), batch.obs, pi)[0]
+    lam = alpha / q.abs().mean().detach()
+    return -lam * q.mean() + (pi - batch.action).pow(2).mean()
+
+
+def mixed_actor_loss(
+    actor: nn.Module, q1_params: Sequence[LayerParams], obs: torch.Tensor, kappa: float | torch.Tensor
+) -> torch.Tensor:
+    """TD3 online: -E[Q_mix(s, pi(s))], Q_mix = (1 - kappa) Q_off_1 + kappa Q_on_1 (§3.3).
+
+    ``q1_params`` holds Q_off_1 alone (no OPT) or Q_off_1 and Q_on_1 stacked.
+    """
+    q = q_values(detached(q1_params), obs, actor(obs))
+    q_mix = q[0] if q.shape[0] == 1 else (1.0 - kappa) * q[0] + kappa * q[1]
+    return -q_mix.mean()
+
+
+class TD3:
+    """Actor, twin critic Q_off, their target networks and optimizers; TD3+BC offline updates."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: Config):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.actor = DeterministicActor(obs_dim, act_dim, hidden=config.hidden).to(self.device)
+        self.critic = Critic(obs_dim, act_dim, n_heads=2, hidden=config.hidden).to(self.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.reset_optimizers()
+        self.critic_loss = self._critic_loss
+        self.bc_actor_loss = self._bc_actor_loss
+
+    def compile(self) -> None:
+        self.critic_loss = torch.compile(self._critic_loss)
+        self.bc_actor_loss = torch.compile(self._bc_actor_loss)
+
+    def reset_optimizers(self) -> None:
+        """Fresh Adam states (the paper resets actor and Q_off optimizers at the offline-to-online switch)."""
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def _critic_loss(self, batch: Batch) -> torch.Tensor:
+        target = td_target(self.critic_target.layer_params(), self.actor_target, batch, self.config)
+        return td_losses(self.critic.layer_params(), batch, target).sum()
+
+    def _bc_actor_loss(self, batch: Batch) -> torch.Tensor:
+        return td3_bc_actor_loss(self.actor, self.critic.layer_params(), batch, self.config.bc_alpha)
+
+    def offline_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """One TD3+BC step: critic every step; actor and Polyak updates every ``policy_delay`` steps."""
+        info = {"critic_loss": optimizer_step(self.critic_opt, self.critic_loss(batch))}
+        if (step + 1) % self.config.policy_delay == 0:
+            info["actor_loss"] = optimizer_step(self.actor_opt, self.bc_actor_loss(batch))
+            self.update_targets()
+        return info
+
+    def update_targets(self) -> None:
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+        polyak_update(self.actor_target, self.actor, self.config.tau)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
+                "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """Backpropagate ``loss`` into the optimizer's parameters and step; returns the detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()

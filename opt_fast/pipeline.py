@@ -1,0 +1,392 @@
+"""The four phases of OPT (OPT.md §2) over one run directory, resumable from any checkpoint.
+
+    offline   TD3+BC on D_off                                   (offline_steps gradient steps)
+    collect   frozen offline policy + N(0, 0.1) noise, no updates (n_tau env steps; OPT only)
+    pretrain  meta-adaptation updates of a new critic Q_on        (n_pretrain updates; OPT only)
+    finetune  balanced replay, TD3 on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one record per evaluation), ``checkpoints/`` (``latest.pt``
+every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, when done, ``summary.json``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import mujoco
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from opt_fast import envs
+from opt_fast.agents.opt import OPTAgent
+from opt_fast.agents.td3 import Batch
+from opt_fast.config import OFFLINE_FIELDS, Config, kappa
+from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
+from opt_fast.data.names import parse_dataset_name
+from opt_fast.data.scores import normalized_score
+from opt_fast.evaluation import evaluate
+from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
+from opt_fast.replay import ReplayBuffer
+
+PHASES = ("offline", "collect", "pretrain", "finetune", "done")
+
+
+@dataclass
+class Progress:
+    """Everything that says where a run is; saved in every checkpoint."""
+
+    phase: str = "offline"
+    offline_step: int = 0
+    online_step: int = 0
+    pretrain_step: int = 0
+    update_step: int = 0
+    n_metrics: int = 0
+    episode_return: float = 0.0
+    episodes: int = 0
+    phase_scores: dict[str, float] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, dataset: OfflineDataset, cache_dir: Path | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
+        self.family = parse_dataset_name(config.env).family
+        self.cache_dir = cache_dir
+        self.device = torch.device(config.device)
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
+
+        self.env = envs.make_env(self.family, config.env_version, seed=config.seed)
+        self.eval_env = envs.make_env(self.family, config.env_version, seed=config.seed)
+        obs_dim, act_dim = envs.env_dims(self.family, config.env_version)
+        check_env_compatible(dataset, obs_dim, act_dim)
+
+        self.agent = OPTAgent(obs_dim, act_dim, config)
+        if config.compile:
+            self.agent.compile()
+        # Q_on and the density net take their initial values from the same RNG; reseeding here makes the offline
+        # phase identical with OPT on and off, so both variants can share it (the offline cache).
+        torch.manual_seed(config.seed)
+        n_off = len(dataset)
+        offline = (dataset.observations, dataset.actions, dataset.rewards, dataset.next_observations,
+                   dataset.terminals.astype(np.float32))
+        self.offline_buffer = ReplayBuffer(n_off, obs_dim, act_dim, seed=int(buffer_seeds[0]))
+        self.offline_buffer.add_batch(*offline, priority=1.0)
+        self.online_buffer = ReplayBuffer(config.online_steps, obs_dim, act_dim, seed=int(buffer_seeds[1]))
+        # Balanced replay: every offline row at priority 1, online rows at the running maximum (§3.3).
+        capacity = config.replay_ring_capacity if config.replay_ring else n_off + config.online_steps
+        self.balanced = ReplayBuffer(capacity, obs_dim, act_dim, seed=int(buffer_seeds[2]), ring=config.replay_ring)
+        self.balanced.add_batch(*offline, priority=1.0)
+
+        self.progress = Progress()
+        self.obs: np.ndarray | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------------------------------ driving
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) every remaining phase; returns the summary."""
+        phases = {"offline": self._offline, "collect": self._collect, "pretrain": self._pretrain,
+                  "finetune": self._finetune}
+        while self.progress.phase != "done":
+            phase = self.progress.phase
+            started = time.perf_counter()
+            phases[phase]()
+            self.progress.phase_seconds[phase] = (
+                self.progress.phase_seconds.get(phase, 0.0) + time.perf_counter() - started
+            )
+            self._end_phase(phase)
+        summary = self.summary()
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _next_phase(self, phase: str) -> str:
+        if not self.config.opt and phase == "offline":
+            return "finetune"  # the TD3 baseline fine-tunes for the whole online budget
+        return PHASES[PHASES.index(phase) + 1]
+
+    def _end_phase(self, phase: str) -> None:
+        record = self._evaluate(phase)
+        self.progress.phase_scores[phase] = record["score"]
+        self.progress.phase = self._next_phase(phase)
+        if self.progress.phase == "finetune":
+            self.agent.start_finetuning()
+        self.save_checkpoint(phase_end=phase)
+        if phase == "offline":
+            self._store_offline_cache()
+
+    # ------------------------------------------------------------------------------------------ phases
+    def _offline(self) -> None:
+        cfg, p = self.config, self.progress
+        with self._bar("offline", p.offline_step, cfg.offline_steps) as bar:
+            while p.offline_step < cfg.offline_steps:
+                batch = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size))
+                self.agent.backbone.offline_update(batch, p.offline_step)
+                p.offline_step += 1
+                bar.update()
+                if p.offline_step < cfg.offline_steps:
+                    self._periodic(p.offline_step, bar)
+
+    def _collect(self) -> None:
+        cfg, p = self.config, self.progress
+        with self._bar("collect", p.online_step, cfg.n_tau) as bar:
+            while p.online_step < cfg.n_tau:
+                self._env_step()
+                bar.update()
+                if p.online_step < cfg.n_tau:
+                    self._periodic(p.online_step, bar)
+
+    def _pretrain(self) -> None:
+        cfg, p = self.config, self.progress
+        with self._bar("pretrain", p.pretrain_step, cfg.n_pretrain) as bar:
+            while p.pretrain_step < cfg.n_pretrain:
+                off = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size)) \
+                    if cfg.pretrain_data in ("both", "offline") else None
+                on = self._sample(self.online_buffer, self.online_buffer.sample_uniform(cfg.batch_size)) \
+                    if cfg.pretrain_data in ("both", "online") else None
+                self.agent.pretrain_update(off, on, p.pretrain_step)
+                p.pretrain_step += 1
+                bar.update()
+                # The policy is frozen here, so only checkpoints (no evaluations) happen inside the phase.
+                if p.pretrain_step % cfg.checkpoint_every == 0 and p.pretrain_step < cfg.n_pretrain:
+                    self.save_checkpoint()
+
+    def _finetune(self) -> None:
+        cfg, p = self.config, self.progress
+        with self._bar("finetune", p.online_step, cfg.online_steps) as bar:
+            while p.online_step < cfg.online_steps:
+                self._env_step()
+                # Updates need an online batch for the density-ratio net: the baseline starts once B_on holds one.
+                if self.online_buffer.size >= cfg.batch_size:
+                    for _ in range(cfg.utd):
+                        self._finetune_update()
+                bar.update()
+                if p.online_step < cfg.online_steps:
+                    self._periodic(p.online_step, bar)
+
+    def _finetune_update(self) -> None:
+        cfg, p = self.config, self.progress
+        off = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size))
+        on = self._sample(self.online_buffer, self.online_buffer.sample_uniform(cfg.batch_size))
+        indices = self.balanced.sample_prioritized(cfg.batch_size)
+        batch = self._sample(self.balanced, indices)
+        _, priorities = self.agent.finetune_update(off, on, batch, kappa(cfg, p.online_step), p.update_step)
+        self.balanced.update_priorities(indices, priorities.cpu().numpy().astype(np.float64))
+        p.update_step += 1
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def _sample(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        return Batch.from_numpy(buffer.gather(indices), self.device)
+
+    def _env_step(self) -> None:
+        """One env step with the current policy plus N(0, exploration_noise), stored in B_on and the replay."""
+        cfg, p = self.config, self.progress
+        if self.obs is None:
+            self.obs, _ = self.env.reset(seed=cfg.seed)
+        obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        action = self.agent.backbone.act(obs_t)[0].cpu().numpy()
+        action = np.clip(action + self.rng.normal(0.0, cfg.exploration_noise, size=action.shape), -1.0, 1.0)
+        action = action.astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        # `done` is a true termination only; a time-limit cut bootstraps (§8).
+        row = (self.obs, action, float(reward), next_obs, bool(terminated))
+        self.online_buffer.add(*row)
+        self.balanced.add(*row)
+        p.online_step += 1
+        p.episode_return += float(reward)
+        if terminated or truncated:
+            p.episodes += 1
+            p.episode_return = 0.0
+            self.obs, _ = self.env.reset()
+        else:
+            self.obs = next_obs
+
+    def _periodic(self, step: int, bar: tqdm) -> None:
+        if step % self.config.eval_every == 0:
+            record = self._evaluate(self.progress.phase)
+            bar.set_postfix(score=f"{record['score']:.1f}")
+        if step % self.config.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _evaluate(self, phase: str) -> dict[str, Any]:
+        cfg, p = self.config, self.progress
+        critics = [("q_off", self.agent.backbone.critic)]
+        if self.agent.q_on is not None:
+            critics.append(("q_on", self.agent.q_on))
+        result = evaluate(self.agent.backbone.act, self.eval_env, cfg.eval_episodes, cfg.seed, critics,
+                          cfg.gamma, self.device)
+        record = {
+            "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
+            "pretrain_step": p.pretrain_step, "update_step": p.update_step,
+            "kappa": kappa(cfg, p.online_step) if cfg.opt and phase == "finetune" else None,
+            "score": float(normalized_score(self.family, result["return_mean"])),
+            **result,
+        }
+        append_jsonl(self.metrics_path, record)
+        p.n_metrics += 1
+        return record
+
+    def _bar(self, phase: str, initial: int, total: int) -> tqdm:
+        disable = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"
+        return tqdm(total=total, initial=initial, desc=f"{self.dataset_label()} {phase}", unit="step",
+                    dynamic_ncols=True, disable=disable, leave=True)
+
+    def dataset_label(self) -> str:
+        name = self.dataset.name.d4rl_id if self.dataset.name is not None else self.dataset.path.name
+        return f"{name} ({self.dataset.source})"
+
+    def summary(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "dataset": self.dataset_label(),
+            "data_source": self.dataset.source,
+            "variant": "TD3+OPT" if self.config.opt else "TD3",
+            "seed": self.config.seed,
+            "budget": self.config.budget,
+            "final_score": p.phase_scores.get("finetune"),
+            "phase_scores": p.phase_scores,
+            "phase_seconds": p.phase_seconds,
+            "online_steps": p.online_step,
+            "updates": p.update_step,
+        }
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "progress": asdict(self.progress),
+            "agent": self.agent.state_dict(),
+            "buffers": {"online": self.online_buffer.state_dict(), "balanced": self.balanced.state_dict(),
+                        "offline": self.offline_buffer.state_dict()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+            "env": None if self.obs is None else get_env_state(self.env),
+            "obs": self.obs,
+        }
+
+    def save_checkpoint(self, phase_end: str | None = None) -> None:
+        latest = self.checkpoint_dir / "latest.pt"
+        save_torch(latest, self.state())
+        if phase_end is not None:
+            boundary = self.checkpoint_dir / f"{phase_end}.pt"
+            boundary.unlink(missing_ok=True)
+            os.link(latest, boundary)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.progress = Progress(**state["progress"])
+        self.agent.load_state_dict(state["agent"])
+        self.online_buffer.load_state_dict(state["buffers"]["online"])
+        self.balanced.load_state_dict(state["buffers"]["balanced"])
+        self.offline_buffer.load_state_dict(state["buffers"]["offline"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.obs = state["obs"]
+        if state["env"] is not None:
+            set_env_state(self.env, state["env"])
+
+    def resume(self) -> None:
+        """Continue from ``checkpoints/latest.pt``; metrics written after it are dropped and redone."""
+        latest = self.checkpoint_dir / "latest.pt"
+        state = load_torch(latest)
+        if state["config"] != self.config.to_json():
+            raise ValueError(f"{latest} was written with another configuration than {self.run_dir / 'config.json'}")
+        self.load_state(state)
+        truncate_jsonl(self.metrics_path, self.progress.n_metrics)
+
+    # ------------------------------------------------------------------------------------------ offline cache
+    def _offline_cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"offline-{self.config.digest(OFFLINE_FIELDS)}.pt"
+
+    def _store_offline_cache(self) -> None:
+        """The offline phase's end state, shared by every run (OPT or baseline) with the same offline config."""
+        path = self._offline_cache_path()
+        if path is not None and not path.exists():
+            save_torch(path, {"state": self.state(), "metrics": read_jsonl(self.metrics_path)})
+
+    def try_offline_cache(self) -> bool:
+        """Start from a cached offline phase if one matches; returns whether it did."""
+        path = self._offline_cache_path()
+        if path is None or not path.exists():
+            return False
+        cached = load_torch(path)
+        state = cached["state"]
+        # The cached run may have had OPT on or off: only the backbone and the offline buffer carry over; the
+        # RNG states carry over too, so the result equals a run that did its own offline phase.
+        self.agent.load_backbone_state(state["agent"])
+        self.offline_buffer.load_state_dict(state["buffers"]["offline"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        progress = Progress(**state["progress"])
+        progress.phase = self._next_phase("offline")
+        self.progress = progress
+        for record in cached["metrics"]:
+            append_jsonl(self.metrics_path, record)
+        self.progress.n_metrics = len(cached["metrics"])
+        if self.progress.phase == "finetune":
+            self.agent.start_finetuning()
+        self.save_checkpoint(phase_end="offline")
+        return True
+
+
+_MUJOCO_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
+    wrapper = env
+    while not isinstance(wrapper, gymnasium.wrappers.TimeLimit):
+        if not hasattr(wrapper, "env"):
+            raise TypeError(f"{env} has no TimeLimit wrapper")
+        wrapper = wrapper.env
+    return wrapper
+
+
+def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
+    """A mid-episode MuJoCo env's full state: physics, step count within the episode, and its RNG."""
+    sim = env.unwrapped
+    physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
+    mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
+    return {"physics": physics, "elapsed_steps": _time_limit(env)._elapsed_steps,
+            "np_random": sim.np_random.bit_generator.state}
+
+
+def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
+    env.reset()  # marks the env as reset for gymnasium's order checks; everything is overwritten below
+    sim = env.unwrapped
+    mujoco.mj_setState(sim.model, sim.data, state["physics"], _MUJOCO_STATE)
+    mujoco.mj_forward(sim.model, sim.data)
+    _time_limit(env)._elapsed_steps = state["elapsed_steps"]
+    sim.np_random.bit_generator.state = state["np_random"]
+
+
+def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
+             cache_dir: Path | None = None) -> Trainer:
+    """A trainer for ``run_dir``: fresh (refusing to overwrite another run) or resumed from its last checkpoint."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        stored = Config.from_json(read_json(config_path))
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if stored.to_json() != config.to_json():
+            raise ValueError(f"--resume: {config_path} differs from the requested configuration")
+    trainer = Trainer(config, run_dir, dataset, cache_dir)
+    if resume and (run_dir / "checkpoints" / "latest.pt").exists():
+        trainer.resume()
+        return trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, config.to_json())
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    trainer.try_offline_cache()
+    return trainer
