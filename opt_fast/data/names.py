@@ -1,0 +1,151 @@
+"""D4RL dataset names as users type them, and where D4RL's download cache keeps each file.
+
+``walker2d-medium-replay``, ``hopper-random-v0``, ``door-cloned`` and ``antmaze-umaze-diverse-v2`` all parse to a
+:class:`DatasetName`; a missing version takes the one the paper uses (v2 for MuJoCo and AntMaze, v1 for Adroit).
+
+File names follow Farama-Foundation/D4RL: ``d4rl/offline_env.py`` caches a dataset as the last component of its
+download URL (``filepath_from_url``) under ``$D4RL_DATASET_DIR`` (default ``~/.d4rl/datasets``), and the URLs are
+those of ``d4rl/infos.py`` ``DATASET_URLS`` (also registered in ``d4rl/gym_mujoco/__init__.py``). The test
+``tests/test_d4rl_crosscheck.py`` compares every file name below with that table when d4rl is installed.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MUJOCO_FAMILIES = ("halfcheetah", "hopper", "walker2d", "ant")
+ADROIT_FAMILIES = ("pen", "door", "hammer", "relocate")
+ANTMAZE_FAMILY = "antmaze"
+
+_MUJOCO_KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+_ADROIT_KINDS = ("human", "cloned", "expert")
+
+# AntMaze v0 files (infos.py, ant_maze_new/); v2 re-released the same stems with "_fixed" appended (ant_maze_v2/).
+_ANTMAZE_STEMS = {
+    "umaze": "Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse",
+    "umaze-diverse": "Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse",
+    "medium-play": "Ant_maze_big-maze_noisy_multistart_True_multigoal_False_sparse",
+    "medium-diverse": "Ant_maze_big-maze_noisy_multistart_True_multigoal_True_sparse",
+    "large-play": "Ant_maze_hardest-maze_noisy_multistart_True_multigoal_False_sparse",
+    "large-diverse": "Ant_maze_hardest-maze_noisy_multistart_True_multigoal_True_sparse",
+}
+_ADROIT_V0_FILES = {  # infos.py, hand_dapg/
+    "human": "{family}-v0_demos_clipped.hdf5",
+    "cloned": "{family}-demos-v0-bc-combined.hdf5",
+    "expert": "{family}-v0_expert_clipped.hdf5",
+}
+
+
+def _d4rl_files() -> dict[str, str]:
+    """Every supported D4RL id mapped to its file name in the download cache."""
+    files: dict[str, str] = {}
+    for family in MUJOCO_FAMILIES:
+        for kind in _MUJOCO_KINDS:
+            # v0 (gym_mujoco/): medium-replay was published as "<family>_mixed", with walker2d spelled "walker".
+            if kind == "medium-replay":
+                v0_stem = ("walker" if family == "walker2d" else family) + "_mixed"
+            else:
+                v0_stem = f"{family}_{kind.replace('-', '_')}"
+            files[f"{family}-{kind}-v0"] = f"{v0_stem}.hdf5"
+        for kind in (*_MUJOCO_KINDS, "full-replay"):
+            # v1/v2 (gym_mujoco_v1/, gym_mujoco_v2/): the id with "_" between family and kind words.
+            for version in ("v1", "v2"):
+                files[f"{family}-{kind}-{version}"] = f"{family}_{kind.replace('-', '_')}-{version}.hdf5"
+    for family in ADROIT_FAMILIES:
+        for kind in _ADROIT_KINDS:
+            files[f"{family}-{kind}-v0"] = _ADROIT_V0_FILES[kind].format(family=family)
+            files[f"{family}-{kind}-v1"] = f"{family}-{kind}-v1.hdf5"  # hand_dapg_v1/: the id itself
+    for kind, stem in _ANTMAZE_STEMS.items():
+        files[f"{ANTMAZE_FAMILY}-{kind}-v0"] = f"{stem}.hdf5"
+        files[f"{ANTMAZE_FAMILY}-{kind}-v2"] = f"{stem}_fixed.hdf5"
+    return files
+
+
+D4RL_FILES: dict[str, str] = _d4rl_files()
+"""Supported D4RL ids (``hopper-medium-v2``) -> file names in ``$D4RL_DATASET_DIR``."""
+
+_ID_BY_FILE = {filename: d4rl_id for d4rl_id, filename in D4RL_FILES.items()}
+_NAME_RE = re.compile(r"^(?P<family>[a-z0-9]+)-(?P<kind>[a-z-]+?)(?:-(?P<version>v\d+))?$")
+
+
+def default_version(family: str) -> str:
+    """The version a name without one gets: v1 for Adroit (its only re-release), v2 otherwise."""
+    return "v1" if family in ADROIT_FAMILIES else "v2"
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    """A D4RL dataset: ``family`` (hopper, antmaze, door...), ``kind`` (medium-replay, umaze-diverse...),
+    ``version`` (v0, v1, v2)."""
+
+    family: str
+    kind: str
+    version: str
+
+    def __post_init__(self) -> None:
+        if self.d4rl_id not in D4RL_FILES:
+            raise ValueError(_unknown_message(self.d4rl_id))
+
+    @property
+    def d4rl_id(self) -> str:
+        """The id D4RL registers, e.g. ``walker2d-medium-replay-v2``."""
+        return f"{self.family}-{self.kind}-{self.version}"
+
+    @property
+    def d4rl_filename(self) -> str:
+        """D4RL's file name for this dataset, e.g. ``walker2d_medium_replay-v2.hdf5``."""
+        return D4RL_FILES[self.d4rl_id]
+
+    def __str__(self) -> str:
+        return self.d4rl_id
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(D4RL_FILES), n=5)
+    hint = f"closest known names: {', '.join(close)}" if close else "known are e.g. hopper-medium-v2, pen-human-v1"
+    return f"unknown D4RL dataset {name!r}; {hint}"
+
+
+def parse_dataset_name(name: str | DatasetName) -> DatasetName:
+    """Parse ``family-kind[-vN]`` (case and surrounding blanks ignored); unknown names raise ``ValueError``
+    listing the closest known ones."""
+    if isinstance(name, DatasetName):
+        return name
+    text = name.strip().lower()
+    match = _NAME_RE.match(text)
+    if match is None:
+        raise ValueError(_unknown_message(text))
+    family, kind = match["family"], match["kind"]
+    return DatasetName(family, kind, match["version"] or default_version(family))
+
+
+def name_from_filename(filename: str | os.PathLike[str]) -> DatasetName | None:
+    """The dataset whose D4RL file name is ``filename``'s last component, or None for any other file."""
+    d4rl_id = _ID_BY_FILE.get(Path(filename).name)
+    return None if d4rl_id is None else parse_dataset_name(d4rl_id)
+
+
+def d4rl_dataset_dir() -> Path:
+    """``$D4RL_DATASET_DIR``, or ``~/.d4rl/datasets`` as in d4rl's ``offline_env.py`` when it is unset or empty."""
+    return Path(os.environ.get("D4RL_DATASET_DIR") or Path.home() / ".d4rl" / "datasets").expanduser()
+
+
+def resolve_dataset_path(name: str | DatasetName, dataset_path: str | os.PathLike[str] | None = None) -> Path:
+    """The hdf5 file for ``name``: ``dataset_path`` when given (a directory means its D4RL file name inside it),
+    else ``$D4RL_DATASET_DIR/<d4rl_filename>``. Raises ``FileNotFoundError`` naming the path looked up."""
+    parsed = parse_dataset_name(name)
+    if dataset_path is None:
+        path = d4rl_dataset_dir() / parsed.d4rl_filename
+    else:
+        path = Path(dataset_path).expanduser()
+        if path.is_dir():
+            path = path / parsed.d4rl_filename
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {parsed.d4rl_id}: no file at {path} (set D4RL_DATASET_DIR, pass a dataset path, "
+            f"or generate the data)"
+        )
+    return path
