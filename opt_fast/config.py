@@ -87,7 +87,8 @@ class Config:
     """Free-form annotations recorded with the run (never read by the trainer)."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (tuples as lists), so a config equals itself read back from config.json."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Config":

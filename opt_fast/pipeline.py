@@ -181,7 +181,9 @@ class Trainer:
         on = self._sample(self.online_buffer, self.online_buffer.sample_uniform(cfg.batch_size))
         indices = self.balanced.sample_prioritized(cfg.batch_size)
         batch = self._sample(self.balanced, indices)
-        _, priorities = self.agent.finetune_update(off, on, batch, kappa(cfg, p.online_step), p.update_step)
+        _, priorities = self.agent.finetune_update(
+            off, on, batch, kappa(cfg, p.online_step), p.online_step / cfg.online_steps, p.update_step
+        )
         self.balanced.update_priorities(indices, priorities.cpu().numpy().astype(np.float64))
         p.update_step += 1
 

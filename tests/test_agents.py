@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opt_fast.agents.opt import OPTAgent, balanced_priorities, density_ratio_loss, meta_adaptation_loss
-from opt_fast.agents.td3 import Batch, mixed_actor_loss, td3_bc_actor_loss, td_losses, td_target
+from opt_fast.agents.td3 import Batch, td3_bc_actor_loss, td_losses, td_target
 from opt_fast.config import Config, kappa, resolve
 from opt_fast.networks import Critic, DeterministicActor, EnsembleMLP, stack_params
 
@@ -87,14 +87,22 @@ def test_td3_bc_actor_loss_hand_value_and_detached_lambda():
     assert actor.net.weights[1].grad.item() == pytest.approx(grad_w2, rel=1e-5)
 
 
-def test_mixed_actor_loss_weights_q_off_and_q_on():
-    q_off, q_on, actor = tiny_critic([2.0, 9.0]), tiny_critic([4.0, 9.0]), tiny_actor()
-    q1 = [tuple(None if p is None else p[[0, 2]] for p in layer) for layer in stack_params(q_off, q_on)]
+def test_online_actor_loss_follows_the_kappa_mixed_critic():
+    agent = OPTAgent(1, 1, Config(hidden=(1,)))
+    agent.backbone.actor = tiny_actor()
+    agent.backbone.critic, agent.q_on = tiny_critic([2.0, 9.0]), tiny_critic([4.0, 9.0])
     s = np.array([0.5, 1.0, 2.0])
     base = np.maximum(s + np.tanh(s), 0)
     for k in (0.0, 0.3, 1.0):
         expected = -np.mean((1 - k) * 2.0 * base + k * 4.0 * base)
-        assert mixed_actor_loss(actor, q1, B.obs, k).item() == pytest.approx(expected, rel=1e-6)
+        loss = agent.finetune_actor_loss(B.obs, torch.tensor(k), torch.tensor(0.0))
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert all(p.grad is None for c in agent.critics() for p in c.parameters())
+    baseline = OPTAgent(1, 1, Config(hidden=(1,), opt=False))
+    baseline.backbone.actor, baseline.backbone.critic = tiny_actor(), tiny_critic([2.0, 9.0])
+    loss = baseline.finetune_actor_loss(B.obs, torch.tensor(0.7), torch.tensor(0.0))
+    assert loss.item() == pytest.approx(-np.mean(2.0 * base), rel=1e-6)  # no Q_on: kappa has no effect
 
 
 def test_kappa_schedule_values():

@@ -10,9 +10,9 @@ import copy
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, mixed_actor_loss, members, optimizer_step, td_losses, td_target
+from opt_fast.agents.td3 import TD3, Batch, detached, members, optimizer_step, td_losses, td_target
 from opt_fast.config import Config
-from opt_fast.networks import Critic, DensityRatio, LayerParams, polyak_update, stack_params
+from opt_fast.networks import Critic, DensityRatio, LayerParams, polyak_update, q_values, stack_params
 
 _LOG_EPS = 1e-10
 
@@ -132,21 +132,31 @@ class OPTAgent:
         target = td_target(stack_params(*self.target_critics()), self.backbone.actor_target, batch, self.config)
         return td_losses(stack_params(*self.critics()), batch, target)
 
-    def _finetune_actor_loss(self, obs: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
-        q1_params = members(stack_params(*self.critics()), range(0, 2 * len(self.critics()), 2))
-        return mixed_actor_loss(self.backbone.actor, q1_params, obs, kappa)
+    def _finetune_actor_loss(self, obs: torch.Tensor, kappa: torch.Tensor, online_progress: torch.Tensor):
+        """The backbone's online actor loss on Q_mix = (1 - kappa) Q_off_1 + kappa Q_on_1 (§3.3).
+
+        The critics are detached: the actor's loss must not put gradients into them.
+        """
+        q1_params = detached(members(stack_params(*self.critics()), range(0, 2 * len(self.critics()), 2)))
+
+        def q_mix(actions: torch.Tensor) -> torch.Tensor:
+            q = q_values(q1_params, obs, actions)
+            return q[0] if self.q_on is None else (1.0 - kappa) * q[0] + kappa * q[1]
+
+        return self.backbone.online_actor_loss(obs, q_mix, online_progress)
 
     def start_finetuning(self) -> None:
         """The offline-to-online switch: fresh Adam states for the actor and Q_off (§3.3)."""
         self.backbone.reset_optimizers()
 
     def finetune_update(
-        self, off: Batch, on: Batch, batch: Batch, kappa: float, step: int
+        self, off: Batch, on: Batch, batch: Batch, kappa: float, online_progress: float, step: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One fine-tuning update (§2 phase 3); returns the info and the sampled items' new priorities.
 
         density-ratio step -> priorities of the prioritised ``batch`` -> TD step of Q_off (and Q_on) ->
         every ``policy_delay`` updates: actor step on the kappa-mixed critic and Polyak update of all targets.
+        ``online_progress`` is the fraction of the online budget spent (SPOT cools its density weight with it).
         """
         info = {"density_loss": optimizer_step(self.density_opt, self.density_step_loss(off, on))}
         new_priorities = self.priorities(batch, off)
@@ -161,8 +171,11 @@ class OPTAgent:
         if self.q_on is not None:
             info["q_on_loss"] = critic_losses[1].detach()
         if (step + 1) % self.config.policy_delay == 0:
-            kappa_t = torch.tensor(kappa, device=batch.obs.device)
-            info["actor_loss"] = optimizer_step(self.backbone.actor_opt, self.finetune_actor_loss(batch.obs, kappa_t))
+            device = batch.obs.device
+            actor_loss = self.finetune_actor_loss(
+                batch.obs, torch.tensor(kappa, device=device), torch.tensor(online_progress, device=device)
+            )
+            info["actor_loss"] = optimizer_step(self.backbone.actor_opt, actor_loss)
             self.backbone.update_targets()
             if self.q_on is not None:
                 polyak_update(self.q_on_target, self.q_on, self.config.tau)

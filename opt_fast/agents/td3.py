@@ -6,7 +6,7 @@ into one batched call (Q_off and Q_on), and the inner-stepped parameters of OPT'
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,10 @@ from torch import nn
 
 from opt_fast.config import Config
 from opt_fast.networks import Critic, DeterministicActor, LayerParams, polyak_update, q_values
+
+
+QFunction = Callable[[torch.Tensor], torch.Tensor]
+"""Q(s, a) of a fixed batch of states, as a function of the actions: [B, act] -> [B]."""
 
 
 @dataclass
@@ -69,18 +73,6 @@ def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], ba
     return -lam * q.mean() + (pi - batch.action).pow(2).mean()
 
 
-def mixed_actor_loss(
-    actor: nn.Module, q1_params: Sequence[LayerParams], obs: torch.Tensor, kappa: float | torch.Tensor
-) -> torch.Tensor:
-    """TD3 online: -E[Q_mix(s, pi(s))], Q_mix = (1 - kappa) Q_off_1 + kappa Q_on_1 (§3.3).
-
-    ``q1_params`` holds Q_off_1 alone (no OPT) or Q_off_1 and Q_on_1 stacked.
-    """
-    q = q_values(detached(q1_params), obs, actor(obs))
-    q_mix = q[0] if q.shape[0] == 1 else (1.0 - kappa) * q[0] + kappa * q[1]
-    return -q_mix.mean()
-
-
 class TD3:
     """Actor, twin critic Q_off, their target networks and optimizers; TD3+BC offline updates."""
 
@@ -114,6 +106,10 @@ class TD3:
 
     def _bc_actor_loss(self, batch: Batch) -> torch.Tensor:
         return td3_bc_actor_loss(self.actor, self.critic.layer_params(), batch, self.config.bc_alpha)
+
+    def online_actor_loss(self, obs: torch.Tensor, q_mix: QFunction, online_progress: torch.Tensor) -> torch.Tensor:
+        """TD3 online: -E[Q_mix(s, pi(s))], no BC term (§3.3). ``online_progress`` is unused by TD3."""
+        return -q_mix(self.actor(obs)).mean()
 
     def offline_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One TD3+BC step: critic every step; actor and Polyak updates every ``policy_delay`` steps."""

@@ -1,0 +1,116 @@
+"""The four phases on a tiny budget: every file written, and an interrupted run resumes to the same result."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from opt_fast.config import Config, resolve
+from opt_fast.data.d4rl import load_dataset
+from opt_fast.pipeline import Trainer, open_run
+
+TINY = dict(offline_steps=40, n_tau=40, n_pretrain=10, online_steps=100, eval_every=20, eval_episodes=1,
+            checkpoint_every=15, hidden=(16, 16), batch_size=16, utd=2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small random dataset in D4RL's layout with hopper's sizes."""
+    path = tmp_path_factory.mktemp("data") / "hopper_random-v2.hdf5"
+    rng = np.random.default_rng(0)
+    n = 600
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, 11)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, size=(n, 3)).astype(np.float32)
+        f["rewards"] = rng.normal(size=n).astype(np.float32)
+        f["terminals"] = np.arange(n) % 97 == 96
+        f["timeouts"] = np.zeros(n, dtype=bool)
+    return load_dataset(path)
+
+
+def tiny_config(**overrides) -> Config:
+    return resolve(Config(budget="smoke"), {"env": "hopper-random", **TINY, **overrides}, "random")
+
+
+def final_params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.clone() for name, module in trainer.agent.modules().items()
+            for k, v in module.state_dict().items()}
+
+
+def run_with_interrupt(config, run_dir, dataset, phase, step_attr, at_step):
+    """Run until ``progress.<step_attr>`` reaches ``at_step`` in ``phase``, 'crash', then resume in a new trainer."""
+    trainer = open_run(config, run_dir, dataset, resume=False)
+    original = trainer._periodic
+
+    def crash_after(step, bar):
+        original(step, bar)
+        if trainer.progress.phase == phase and getattr(trainer.progress, step_attr) >= at_step:
+            raise KeyboardInterrupt
+
+    trainer._periodic = crash_after
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    resumed = open_run(config, run_dir, dataset, resume=True)
+    assert resumed.progress.phase == phase
+    resumed.run()
+    return resumed
+
+
+def test_four_phases_write_every_file(tmp_path, dataset):
+    config = tiny_config()
+    trainer = open_run(config, tmp_path / "run", dataset, resume=False)
+    summary = trainer.run()
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text()) == config.to_json()
+    for phase in ("offline", "collect", "pretrain", "finetune"):
+        assert (run / "checkpoints" / f"{phase}.pt").exists()
+    assert (run / "checkpoints" / "latest.pt").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["offline", "offline", "collect", "collect", "pretrain",
+                                             "finetune", "finetune", "finetune"]
+    assert records[-1]["online_step"] == 100 and records[-1]["update_step"] == 2 * (100 - 40)
+    for r in records:
+        assert {"score", "return_mean", "q_off_q", "q_on_q", "mc_return", "q_off_bias"} <= set(r)
+    assert records[-1]["kappa"] == pytest.approx(config.kappa_end)
+    assert summary["final_score"] == records[-1]["score"]
+    assert set(summary["phase_scores"]) == {"offline", "collect", "pretrain", "finetune"}
+    assert json.loads((run / "summary.json").read_text())["final_score"] == summary["final_score"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        open_run(config, run, dataset, resume=False)
+
+
+@pytest.mark.parametrize("phase,step_attr,at_step", [("offline", "offline_step", 20),
+                                                     ("finetune", "online_step", 80)])
+def test_resume_after_interruption_gives_the_same_result(tmp_path, dataset, phase, step_attr, at_step):
+    config = tiny_config()
+    reference = open_run(config, tmp_path / "straight", dataset, resume=False)
+    reference.run()
+    resumed = run_with_interrupt(config, tmp_path / "resumed", dataset, phase, step_attr, at_step)
+    expected, got = final_params(reference), final_params(resumed)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    again = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["score"] for x in again] == [json.loads(x)["score"] for x in straight]
+
+
+def test_baseline_skips_opt_phases_and_shares_the_offline_phase(tmp_path, dataset):
+    cache = tmp_path / "cache"
+    opt_run = open_run(tiny_config(), tmp_path / "opt", dataset, resume=False, cache_dir=cache)
+    opt_run.run()
+    cached = open_run(tiny_config(opt=False), tmp_path / "td3", dataset, resume=False, cache_dir=cache)
+    assert cached.progress.phase == "finetune" and cached.progress.offline_step == TINY["offline_steps"]
+    summary = cached.run()
+    assert set(summary["phase_scores"]) == {"offline", "finetune"} and cached.agent.q_on is None
+    # The same baseline without the cache does its own offline phase and ends identically.
+    alone = open_run(tiny_config(opt=False), tmp_path / "td3-alone", dataset, resume=False)
+    alone.run()
+    for key, value in final_params(alone).items():
+        torch.testing.assert_close(final_params(cached)[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_config_mismatch_on_resume_is_refused(tmp_path, dataset):
+    open_run(tiny_config(), tmp_path / "run", dataset, resume=False)
+    with pytest.raises(ValueError, match="differs"):
+        open_run(tiny_config(seed=3), tmp_path / "run", dataset, resume=True)
