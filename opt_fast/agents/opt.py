@@ -10,9 +10,9 @@ import copy
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, detached, members, optimizer_step, td_losses, td_target
+from opt_fast.agents.td3 import TD3, Batch, compile_loss, detached, members, optimizer_step, td_losses, td_target
 from opt_fast.config import Config
-from opt_fast.networks import Critic, DensityRatio, LayerParams, polyak_update, q_values, stack_params
+from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, polyak_update, q_values, stack_params
 
 _LOG_EPS = 1e-10
 
@@ -63,24 +63,26 @@ class OPTAgent:
             # A new twin critic, randomly initialised, same architecture as Q_off (§2, phase 2b).
             self.q_on = Critic(obs_dim, act_dim, n_heads=2, hidden=config.hidden).to(device)
             self.q_on_target = copy.deepcopy(self.q_on).requires_grad_(False)
-            self.q_on_opt = torch.optim.Adam(self.q_on.parameters(), lr=config.critic_lr)
+            self.q_on_opt = adam(self.q_on.parameters(), config.critic_lr)
         self.density = DensityRatio(obs_dim, act_dim, hidden=config.hidden).to(device)
-        self.density_opt = torch.optim.Adam(self.density.parameters(), lr=config.density_lr)
-        self.pretrain_loss = self._pretrain_loss
+        self.density_opt = adam(self.density.parameters(), config.density_lr)
         self.finetune_critic_loss = self._finetune_critic_loss
         self.finetune_actor_loss = self._finetune_actor_loss
         self.density_step_loss = self._density_step_loss
 
     def compile(self) -> None:
-        """Compile the loss computations (forward and backward graphs); optimizer steps stay eager."""
+        """Compile the loss computations (forward and backward graphs); optimizer steps stay eager (fused Adam).
+
+        The meta-adaptation loss stays eager: TorchDynamo does not trace ``torch.autograd.grad`` with
+        ``create_graph``, and its ``torch.func.grad`` form compiled but ran ~20x slower than eager here.
+        """
         self.backbone.compile()
-        self.pretrain_loss = torch.compile(self._pretrain_loss)
-        self.finetune_critic_loss = torch.compile(self._finetune_critic_loss)
-        self.finetune_actor_loss = torch.compile(self._finetune_actor_loss)
-        self.density_step_loss = torch.compile(self._density_step_loss)
+        self.finetune_critic_loss = compile_loss(self._finetune_critic_loss)
+        self.finetune_actor_loss = compile_loss(self._finetune_actor_loss)
+        self.density_step_loss = compile_loss(self._density_step_loss)
 
     # ---------------------------------------------------------------- phase 2b: online pre-training of Q_on
-    def _pretrain_loss(self, off: Batch | None, on: Batch | None) -> dict[str, torch.Tensor]:
+    def pretrain_losses(self, off: Batch | None, on: Batch | None) -> dict[str, torch.Tensor]:
         assert self.q_on is not None
         target_params = self.q_on_target.layer_params()
         actor_target = self.backbone.actor_target  # the frozen offline target actor
@@ -104,7 +106,7 @@ class OPTAgent:
         """One update of Q_on; pi and Q_off stay frozen. Q_on's targets move every ``policy_delay`` updates."""
         if self.q_on is None:
             raise RuntimeError("online pre-training needs OPT on (config.opt)")
-        losses = self.pretrain_loss(off, on)
+        losses = self.pretrain_losses(off, on)
         optimizer_step(self.q_on_opt, losses["loss"])
         if (step + 1) % self.config.policy_delay == 0:
             polyak_update(self.q_on_target, self.q_on, self.config.tau)
@@ -118,14 +120,17 @@ class OPTAgent:
         targets = [self.backbone.critic_target]
         return targets if self.q_on is None else targets + [self.q_on_target]
 
+    def _density_pair(self, first: Batch, second: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """w on two batches in one call of the density net."""
+        w = self.density(torch.cat([first.obs, second.obs]), torch.cat([first.action, second.action]))
+        return w[: len(first.obs)], w[len(first.obs):]
+
     def _density_step_loss(self, off: Batch, on: Batch) -> torch.Tensor:
-        return density_ratio_loss(self.density(off.obs, off.action), self.density(on.obs, on.action))
+        return density_ratio_loss(*self._density_pair(off, on))
 
     @torch.no_grad()
     def priorities(self, batch: Batch, off: Batch) -> torch.Tensor:
-        return balanced_priorities(
-            self.density(batch.obs, batch.action), self.density(off.obs, off.action), self.config.replay_temperature
-        )
+        return balanced_priorities(*self._density_pair(batch, off), self.config.replay_temperature)
 
     def _finetune_critic_loss(self, batch: Batch) -> torch.Tensor:
         """TD losses of Q_off and Q_on on the same batch, each with its own targets, as one batched call."""

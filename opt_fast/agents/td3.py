@@ -6,6 +6,7 @@ into one batched call (Q_off and Q_on), and the inner-stepped parameters of OPT'
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from opt_fast.config import Config
-from opt_fast.networks import Critic, DeterministicActor, LayerParams, polyak_update, q_values
+from opt_fast.networks import Critic, DeterministicActor, LayerParams, adam, polyak_update, q_values
 
 
 QFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -88,13 +89,13 @@ class TD3:
         self.bc_actor_loss = self._bc_actor_loss
 
     def compile(self) -> None:
-        self.critic_loss = torch.compile(self._critic_loss)
-        self.bc_actor_loss = torch.compile(self._bc_actor_loss)
+        self.critic_loss = compile_loss(self._critic_loss)
+        self.bc_actor_loss = compile_loss(self._bc_actor_loss)
 
     def reset_optimizers(self) -> None:
         """Fresh Adam states (the paper resets actor and Q_off optimizers at the offline-to-online switch)."""
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), self.config.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), self.config.critic_lr)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -129,6 +130,31 @@ class TD3:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
+
+def compile_loss(fn: Callable) -> Callable:
+    """``torch.compile(fn, fullgraph=True)`` (CUDA graphs on CUDA), falling back to eager with a message if it fails.
+
+    The loss functions are pure (they only read parameters), so re-running one eagerly after a failed compiled
+    call is safe.
+    """
+    mode = "reduce-overhead" if torch.cuda.is_available() else None
+    compiled = torch.compile(fn, fullgraph=True, mode=mode)
+    current = [compiled]
+
+    def call(*args, **kwargs):
+        try:
+            return current[0](*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 -- any compiler failure means: run eagerly
+            if current[0] is fn:
+                raise
+            name = getattr(fn, "__qualname__", repr(fn))
+            print(f"opt-fast: torch.compile failed for {name} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                  "running it eagerly", file=sys.stderr)
+            current[0] = fn
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,60 @@
+"""``--compile``: the update steps compile without graph breaks and train like eager mode."""
+import copy
+
+import pytest
+import torch
+
+from opt_fast.agents.opt import OPTAgent
+from opt_fast.agents.td3 import Batch
+from opt_fast.config import Config
+
+
+def batches(n_batches, seed):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+        out.append(Batch(r(64, 5), torch.rand(64, 2, generator=gen) * 2 - 1, r(64), r(64, 5),
+                         (torch.rand(64, generator=gen) < 0.1).float()))
+    return out
+
+
+@pytest.fixture
+def same_random_numbers(monkeypatch):
+    # Inductor draws random numbers with its own generator; use eager's so both modes see the same noise.
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+
+
+def test_compiled_updates_match_eager(same_random_numbers, capsys):
+    torch.manual_seed(0)
+    eager = OPTAgent(5, 2, Config(hidden=(32, 32)))
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    data = batches(3 * 6, seed=1)
+    for agent in (eager, compiled):
+        torch.manual_seed(1)
+        for step in range(6):
+            agent.backbone.offline_update(data[step], step)
+        agent.start_finetuning()
+        for step in range(6):
+            off, on, batch = data[3 * step: 3 * step + 3]
+            agent.finetune_update(off, on, batch, kappa=0.4, online_progress=step / 6, step=step)
+    assert "torch.compile failed" not in capsys.readouterr().err
+    for name, module in eager.modules().items():
+        for (key, a), b in zip(module.state_dict().items(), compiled.modules()[name].state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+
+
+def test_update_losses_have_no_graph_breaks():
+    torch.manual_seed(0)
+    agent = OPTAgent(5, 2, Config(hidden=(16,)))
+    off, on, batch = batches(3, seed=2)
+    for fn, args in [(agent._finetune_critic_loss, (batch,)), (agent._density_step_loss, (off, on)),
+                     (agent._finetune_actor_loss, (batch.obs, torch.tensor(0.3), torch.tensor(0.5))),
+                     (agent.backbone._critic_loss, (batch,)), (agent.backbone._bc_actor_loss, (batch,))]:
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(fn)(*args)
+        assert explanation.graph_break_count == 0, (fn.__qualname__, explanation.break_reasons)
+        assert explanation.graph_count == 1
