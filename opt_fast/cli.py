@@ -95,17 +95,35 @@ def run_dir_for(out: Path, config: Config) -> Path:
     return out / parse_dataset_name(config.env).d4rl_id / f"{variant}-{config.budget}-seed{config.seed}-{config.digest()}"
 
 
+def d4rl_file(name) -> Path | None:
+    """The real D4RL file of a dataset in $D4RL_DATASET_DIR, if it is there."""
+    from opt_fast.data.names import resolve_dataset_path
+
+    try:
+        return resolve_dataset_path(name)
+    except FileNotFoundError:
+        return None
+
+
+def generated_data_dir() -> Path:
+    return Path(os.environ.get("OPT_FAST_DATA_DIR", Path.home() / ".opt_fast" / "datasets"))
+
+
+def generated_path(name, env_version: str, budget: str) -> Path:
+    return generated_data_dir() / f"generated-{env_version}-{budget}" / name.d4rl_filename
+
+
 def load_training_data(config: Config):
     """The offline dataset: --dataset, else the D4RL file, else locally generated data (made if missing)."""
     from opt_fast.data.d4rl import load_dataset
-    from opt_fast.data.names import parse_dataset_name, resolve_dataset_path
+    from opt_fast.data.names import parse_dataset_name
 
     if config.dataset is not None:
         return load_dataset(config.dataset)
     name = parse_dataset_name(config.env)
-    d4rl_path = resolve_dataset_path(name) if _exists_quietly(name) else None
-    if d4rl_path is not None:
-        return load_dataset(d4rl_path)
+    real = d4rl_file(name)
+    if real is not None:
+        return load_dataset(real)
     generated = generated_path(name, config.env_version, config.budget)
     if not generated.exists():
         from opt_fast.data.generate import generate
@@ -115,23 +133,6 @@ def load_training_data(config: Config):
               f"not D4RL.", file=sys.stderr)
         generate(name.d4rl_id, generated.parent, seed=0, budget=config.budget, env_version=config.env_version)
     return load_dataset(generated)
-
-
-def _exists_quietly(name) -> bool:
-    from opt_fast.data.names import resolve_dataset_path
-
-    try:
-        return resolve_dataset_path(name).exists()
-    except FileNotFoundError:
-        return False
-
-
-def generated_data_dir() -> Path:
-    return Path(os.environ.get("OPT_FAST_DATA_DIR", Path.home() / ".opt_fast" / "datasets"))
-
-
-def generated_path(name, env_version: str, budget: str) -> Path:
-    return generated_data_dir() / f"generated-{env_version}-{budget}" / name.d4rl_filename
 
 
 def train(config: Config, out: Path, resume: bool) -> dict[str, Any]:
@@ -156,15 +157,21 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     base = Config()
-    env = overrides.get("env", base.env)
+    kind = _dataset_kind(overrides.get("env", base.env))
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
-    summaries = []
+    summaries = {}
     for use_opt in variants:
-        config = resolve(base, {**overrides, "opt": use_opt}, _dataset_kind(env))
-        summaries.append(train(config, Path(args.out), args.resume))
+        config = resolve(base, {**overrides, "opt": use_opt}, kind)
+        summaries[use_opt] = train(config, Path(args.out), args.resume)
+    # Show the other variant too when an earlier run of it (same settings otherwise) has finished.
+    for use_opt in {True, False} - set(summaries):
+        sibling = run_dir_for(Path(args.out), resolve(base, {**overrides, "opt": use_opt}, kind)) / "summary.json"
+        if sibling.exists():
+            summaries[use_opt] = json.loads(sibling.read_text())
+    ordered = [summaries[k] for k in (False, True) if k in summaries]
     print("\nD4RL-normalised score of the deterministic policy at the end of each phase "
-          f"(data: {summaries[0]['data_source']}):")
-    print(format_table(summaries))
+          f"(data: {ordered[0]['data_source']}):")
+    print(format_table(ordered))
     return 0
 
 
@@ -183,19 +190,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     target = Path(args.name)
     if not target.exists():
         name = parse_dataset_name(args.name)
-        candidates = [generated_path(name, "v5", b) for b in BUDGETS]
-        found = [p for p in candidates if p.exists()] + ([_d4rl(name)] if _exists_quietly(name) else [])
+        candidates = [d4rl_file(name)] + [generated_path(name, "v5", b) for b in BUDGETS]
+        found = [p for p in candidates if p is not None and p.exists()]
         if not found:
-            raise FileNotFoundError(f"no file for {name.d4rl_id}: looked in $D4RL_DATASET_DIR and {candidates}")
+            raise FileNotFoundError(f"no file for {name.d4rl_id}: looked in $D4RL_DATASET_DIR and "
+                                    f"{[str(p) for p in candidates[1:]]}")
         target = found[0]
     print(json.dumps(dataset_info(target), indent=2))
     return 0
-
-
-def _d4rl(name) -> Path:
-    from opt_fast.data.names import resolve_dataset_path
-
-    return resolve_dataset_path(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
