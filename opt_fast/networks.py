@@ -114,8 +114,42 @@ class Critic(EnsembleMLP):
         return q_values(self.layer_params(), obs, action)
 
 
+CRITIC_BACKENDS = ("torch", "triton", "auto")
+_critic_backend = "torch"
+
+
+def use_critic_backend(name: str, device: torch.device | str) -> str:
+    """Select how critics are evaluated: ``torch`` (batched matmuls), ``triton`` (the fused kernels of ``kernels/``)
+    or ``auto`` (triton on CUDA, torch elsewhere). Returns the backend in use."""
+    global _critic_backend
+    if name not in CRITIC_BACKENDS:
+        raise ValueError(f"--critic-backend must be one of {CRITIC_BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = "triton" if torch.device(device).type == "cuda" and _triton_available() else "torch"
+    if name == "triton" and not _triton_available():
+        raise ValueError("--critic-backend triton needs the triton package (pip install triton)")
+    _critic_backend = name
+    return name
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def q_values(params: Sequence[LayerParams], obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Q-values of an ensemble (possibly stacked from several critics): [E, B]."""
+    """Q-values of an ensemble (possibly stacked from several critics): [E, B].
+
+    The Triton kernels fuse the (obs, action) concatenation into the first layer; they have no LayerNorm, so
+    critics with LayerNorm (SPOT on Adroit) always take the torch path.
+    """
+    if _critic_backend == "triton" and params[0][2] is None:
+        from kernels import triton_q_values  # imported lazily: TRITON_INTERPRET must be set before (CPU tests)
+
+        return triton_q_values(params, obs, action)
     return ensemble_forward(params, torch.cat([obs, action], dim=-1)).squeeze(-1)
 
 

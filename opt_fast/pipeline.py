@@ -1,9 +1,9 @@
 """The four phases of OPT (OPT.md §2) over one run directory, resumable from any checkpoint.
 
-    offline   TD3+BC on D_off                                   (offline_steps gradient steps)
+    offline   TD3+BC (or SPOT, after its behaviour VAE) on D_off  (offline_steps gradient steps)
     collect   frozen offline policy + N(0, 0.1) noise, no updates (n_tau env steps; OPT only)
     pretrain  meta-adaptation updates of a new critic Q_on        (n_pretrain updates; OPT only)
-    finetune  balanced replay, TD3 on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
+    finetune  balanced replay, TD on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one record per evaluation), ``checkpoints/`` (``latest.pt``
 every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, when done, ``summary.json``.
@@ -11,8 +11,10 @@ every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, whe
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from opt_fast import envs
+from opt_fast import antmaze, envs
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
-from opt_fast.config import OFFLINE_FIELDS, Config, kappa
+from opt_fast.config import OFFLINE_FIELDS, Config, kappa, offline_phase_steps, online_discount
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
-from opt_fast.data.names import parse_dataset_name
-from opt_fast.data.scores import normalized_score
+from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
+from opt_fast.data.scores import reference_scores
 from opt_fast.evaluation import evaluate
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
+from opt_fast.networks import use_critic_backend
 from opt_fast.replay import ReplayBuffer
 
 PHASES = ("offline", "collect", "pretrain", "finetune", "done")
@@ -58,7 +61,18 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dataset = dataset
         # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
-        self.family = parse_dataset_name(config.env).family
+        task = parse_task(config.env)
+        self.family = task.family
+        # AntMaze has one env per maze (antmaze-umaze...), every other family one env.
+        env_name = antmaze.env_key(task.kind) if self.family == ANTMAZE_FAMILY else self.family
+        meta = dataset.metadata
+        # Minari datasets may carry their own reference returns (the Minari loader prints which pair it chose).
+        self.ref_scores = ((float(meta["ref_min_score"]), float(meta["ref_max_score"]))
+                           if "ref_min_score" in meta and "ref_max_score" in meta else reference_scores(self.family))
+        if self.family == ANTMAZE_FAMILY and dataset.source == "d4rl":
+            print(f"warning: {dataset.path} is D4RL AntMaze data, whose maze is the mirror image of gymnasium-robotics' "
+                  "(see opt_fast.antmaze): the online env does not match it; use Minari's D4RL/antmaze data or "
+                  "`opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
         self.device = torch.device(config.device)
         if config.torch_threads > 0:
@@ -67,11 +81,12 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
 
-        self.env = envs.make_env(self.family, config.env_version, seed=config.seed)
-        self.eval_env = envs.make_env(self.family, config.env_version, seed=config.seed)
-        obs_dim, act_dim = envs.env_dims(self.family, config.env_version)
+        self.env = envs.make_env(env_name, config.env_version, seed=config.seed)
+        self.eval_env = envs.make_env(env_name, config.env_version, seed=config.seed)
+        obs_dim, act_dim = envs.env_dims(env_name, config.env_version)
         check_env_compatible(dataset, obs_dim, act_dim)
 
+        use_critic_backend(config.critic_backend, self.device)
         self.agent = OPTAgent(obs_dim, act_dim, config)
         if config.compile:
             self.agent.compile()
@@ -79,8 +94,8 @@ class Trainer:
         # phase identical with OPT on and off, so both variants can share it (the offline cache).
         torch.manual_seed(config.seed)
         n_off = len(dataset)
-        offline = (dataset.observations, dataset.actions, dataset.rewards, dataset.next_observations,
-                   dataset.terminals.astype(np.float32))
+        offline = (dataset.observations, dataset.actions, self._train_reward(dataset.rewards),
+                   dataset.next_observations, dataset.terminals.astype(np.float32))
         self.offline_buffer = ReplayBuffer(n_off, obs_dim, act_dim, seed=int(buffer_seeds[0]))
         self.offline_buffer.add_batch(*offline, priority=1.0)
         self.online_buffer = ReplayBuffer(config.online_steps, obs_dim, act_dim, seed=int(buffer_seeds[1]))
@@ -129,13 +144,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ phases
     def _offline(self) -> None:
         cfg, p = self.config, self.progress
-        with self._bar("offline", p.offline_step, cfg.offline_steps) as bar:
-            while p.offline_step < cfg.offline_steps:
+        total = offline_phase_steps(cfg)
+        with self._bar("offline", p.offline_step, total) as bar:
+            while p.offline_step < total:
                 batch = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size))
                 self.agent.backbone.offline_update(batch, p.offline_step)
                 p.offline_step += 1
                 bar.update()
-                if p.offline_step < cfg.offline_steps:
+                if p.offline_step < total:
                     self._periodic(p.offline_step, bar)
 
     def _collect(self) -> None:
@@ -202,7 +218,7 @@ class Trainer:
         action = action.astype(np.float32)
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
         # `done` is a true termination only; a time-limit cut bootstraps (§8).
-        row = (self.obs, action, float(reward), next_obs, bool(terminated))
+        row = (self.obs, action, float(self._train_reward(reward)), next_obs, bool(terminated))
         self.online_buffer.add(*row)
         self.balanced.add(*row)
         p.online_step += 1
@@ -213,6 +229,13 @@ class Trainer:
             self.obs, _ = self.env.reset()
         else:
             self.obs = next_obs
+
+    def _train_reward(self, reward):
+        """The reward learnt from: AntMaze's 0/1 success under ``antmaze_reward`` (evaluation counts the raw
+        success), every other family's unchanged."""
+        if self.family == ANTMAZE_FAMILY:
+            return antmaze.transform_reward(self.config.antmaze_reward, reward)
+        return reward
 
     def _periodic(self, step: int, bar: tqdm) -> None:
         if step % self.config.eval_every == 0:
@@ -226,13 +249,16 @@ class Trainer:
         critics = [("q_off", self.agent.backbone.critic)]
         if self.agent.q_on is not None:
             critics.append(("q_on", self.agent.q_on))
-        result = evaluate(self.agent.backbone.act, self.eval_env, cfg.eval_episodes, cfg.seed, critics,
-                          cfg.gamma, self.device)
+        gamma = cfg.gamma if phase == "offline" else online_discount(cfg)
+        result = evaluate(self.agent.backbone.act, self.eval_env, cfg.eval_episodes, cfg.seed, critics, gamma,
+                          self.device)
+        ref_min, ref_max = self.ref_scores
         record = {
             "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
             "pretrain_step": p.pretrain_step, "update_step": p.update_step,
             "kappa": kappa(cfg, p.online_step) if cfg.opt and phase == "finetune" else None,
-            "score": float(normalized_score(self.family, result["return_mean"])),
+            # D4RL's normalised score; AntMaze returns are successes (reference 0 and 1): 100 x success rate.
+            "score": 100.0 * (result["return_mean"] - ref_min) / (ref_max - ref_min),
             **result,
         }
         append_jsonl(self.metrics_path, record)
@@ -245,7 +271,10 @@ class Trainer:
                     dynamic_ncols=True, disable=disable, leave=True)
 
     def dataset_label(self) -> str:
-        name = self.dataset.name.d4rl_id if self.dataset.name is not None else self.dataset.path.name
+        if self.dataset.name is not None:
+            name = self.dataset.name.d4rl_id
+        else:
+            name = self.dataset.metadata.get("dataset_id", self.dataset.path.name)
         return f"{name} ({self.dataset.source})"
 
     def summary(self) -> dict[str, Any]:
@@ -253,7 +282,9 @@ class Trainer:
         return {
             "dataset": self.dataset_label(),
             "data_source": self.dataset.source,
-            "variant": "TD3+OPT" if self.config.opt else "TD3",
+            "variant": self.config.backbone.upper() + ("+OPT" if self.config.opt else ""),
+            "reference_scores": list(self.ref_scores),
+            "env_packages": env_package_versions(self.family),
             "seed": self.config.seed,
             "budget": self.config.budget,
             "final_score": p.phase_scores.get("finetune"),
@@ -355,12 +386,14 @@ def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
 
 
 def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
-    """A mid-episode MuJoCo env's full state: physics, step count within the episode, and its RNG."""
+    """A mid-episode MuJoCo env's full state: physics, step count within the episode, and its RNG; plus, for
+    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets)."""
     sim = env.unwrapped
     physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
     mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
     return {"physics": physics, "elapsed_steps": _time_limit(env)._elapsed_steps,
-            "np_random": sim.np_random.bit_generator.state}
+            "np_random": sim.np_random.bit_generator.state,
+            "task": env.task_state() if hasattr(env, "task_state") else None}
 
 
 def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
@@ -370,6 +403,17 @@ def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
     mujoco.mj_forward(sim.model, sim.data)
     _time_limit(env)._elapsed_steps = state["elapsed_steps"]
     sim.np_random.bit_generator.state = state["np_random"]
+    if state.get("task") is not None:
+        env.set_task_state(state["task"])
+
+
+def env_package_versions(family: str) -> dict[str, str]:
+    """Versions of the packages that define the env's dynamics and rewards, recorded with every result
+    (gymnasium-robotics changed Adroit rewards without a version bump)."""
+    packages = ["gymnasium", "mujoco"]
+    if family in ADROIT_FAMILIES or family == ANTMAZE_FAMILY:
+        packages.append("gymnasium-robotics")
+    return {package: importlib_metadata.version(package) for package in packages}
 
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
