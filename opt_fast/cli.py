@@ -56,10 +56,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{docs['budget']} (default {defaults.budget}); phase lengths: "
                         + "; ".join(f"{k}: {v}" for k, v in BUDGETS.items()))
     parser.add_argument("--no-opt", dest="opt", action="store_false", default=s,
-                        help="run the paper's TD3 baseline (TD3+BC offline -> TD3 online, same replay) instead of OPT")
+                        help="run the paper's baseline (TD3+BC -> TD3, or SPOT -> SPOT; same replay) instead of OPT")
     parser.add_argument("--compile", action="store_true", default=s, help=docs["compile"])
     parser.add_argument("--compare", action="store_true",
-                        help="run both TD3 and TD3+OPT (sharing the offline phase) and print them side by side")
+                        help="run both the baseline and OPT (sharing the offline phase) and print them side by side")
+    parser.add_argument("--adroit-data", default=None, metavar="DIR",
+                        help="directory of the DAPG release (dapg_<task>_policy.npz, door_human_demos.npz), needed "
+                        "to generate Adroit datasets that are not on disk")
     parser.add_argument("--out", default="runs", help="root of run directories (default runs/)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of the same configuration from its last checkpoint")
@@ -82,17 +85,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{docs.get(f.name, '')} (default {shown})".strip())
 
 
-def _dataset_kind(env: str) -> str:
-    from opt_fast.data.names import parse_dataset_name
+def resolve_for(base: Config, overrides: dict[str, Any]) -> Config:
+    """The run's config with the presets of its dataset (family and kind of ``--env``)."""
+    from opt_fast.data.names import parse_task
 
-    return parse_dataset_name(env).kind
+    task = parse_task(overrides.get("env", base.env))
+    return resolve(base, overrides, task.kind, task.family)
 
 
 def run_dir_for(out: Path, config: Config) -> Path:
-    from opt_fast.data.names import parse_dataset_name
+    from opt_fast.data.names import parse_task
 
-    variant = "opt" if config.opt else "td3"
-    return out / parse_dataset_name(config.env).d4rl_id / f"{variant}-{config.budget}-seed{config.seed}-{config.digest()}"
+    variant = "opt" if config.opt else config.backbone
+    return out / parse_task(config.env).label / f"{variant}-{config.budget}-seed{config.seed}-{config.digest()}"
+
+
+def phase_cache_dir(run_dir: Path) -> Path:
+    """Where the runs of one dataset share their offline phase and collection prefixes."""
+    return run_dir.parent / "_offline"
 
 
 def d4rl_file(name) -> Path | None:
@@ -113,35 +123,61 @@ def generated_path(name, env_version: str, budget: str) -> Path:
     return generated_data_dir() / f"generated-{env_version}-{budget}" / name.d4rl_filename
 
 
-def load_training_data(config: Config):
-    """The offline dataset: --dataset, else the D4RL file, else locally generated data (made if missing)."""
+def load_training_data(config: Config, adroit_data: str | None = None):
+    """The offline dataset: --dataset, else a Minari dataset (``minari:<id>``), else the D4RL file, else locally
+    generated data (made if missing; Adroit data from the DAPG release in ``adroit_data``)."""
     from opt_fast.data.d4rl import load_dataset
-    from opt_fast.data.names import parse_dataset_name
+    from opt_fast.data.names import ANTMAZE_FAMILY, MinariName, parse_task
 
     if config.dataset is not None:
         return load_dataset(config.dataset)
-    name = parse_dataset_name(config.env)
+    name = parse_task(config.env)
+    if isinstance(name, MinariName):
+        from opt_fast.data.minari import load_minari
+
+        return load_minari(name.dataset_id)
     real = d4rl_file(name)
     if real is not None:
         return load_dataset(real)
     generated = generated_path(name, config.env_version, config.budget)
     if not generated.exists():
-        from opt_fast.data.generate import generate
-
+        if name.family == ANTMAZE_FAMILY:
+            raise FileNotFoundError(
+                f"no data for {name.d4rl_id}: not in $D4RL_DATASET_DIR nor at {generated}. Make it first with "
+                f"`opt-fast data generate {name.d4rl_id} --budget {config.budget}` (it trains a goal-reaching ant: "
+                f"hours on a CPU), or use Minari's copy: --env minari:D4RL/antmaze/{name.kind}-v1")
         print(f"notice: no D4RL file for {name.d4rl_id} in $D4RL_DATASET_DIR; generating it locally with D4RL's "
               f"recipe (budget {config.budget}) into {generated.parent}. Scores on it are labelled 'generated', "
               f"not D4RL.", file=sys.stderr)
-        generate(name.d4rl_id, generated.parent, seed=0, budget=config.budget, env_version=config.env_version)
+        generate_data(name, generated.parent, 0, config.budget, config.env_version, adroit_data)
     return load_dataset(generated)
 
 
-def train(config: Config, out: Path, resume: bool) -> dict[str, Any]:
+def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adroit_data: str | None = None,
+                  policy_steps: int | None = None) -> Path:
+    """Make a dataset with D4RL's recipe: MuJoCo (SAC), Adroit (DAPG release) or AntMaze (goal-reaching ant)."""
+    from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
+
+    if name.family in ADROIT_FAMILIES:
+        from opt_fast import adroit
+
+        return adroit.generate(name.d4rl_id, out, adroit_data, seed=seed, budget=budget)
+    if name.family == ANTMAZE_FAMILY:
+        from opt_fast import antmaze
+
+        return antmaze.generate(name.d4rl_id, out, seed=seed, budget=budget, sac_steps=policy_steps)
+    from opt_fast.data.generate import generate
+
+    return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)
+
+
+def train(config: Config, out: Path, resume: bool, adroit_data: str | None = None) -> dict[str, Any]:
     from opt_fast.pipeline import open_run
 
-    dataset = load_training_data(config)
+    dataset = load_training_data(config, adroit_data)
     run_dir = run_dir_for(out, config)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    trainer = open_run(config, run_dir, dataset, resume, cache_dir=run_dir.parent / "_offline")
+    trainer = open_run(config, run_dir, dataset, resume, cache_dir=phase_cache_dir(run_dir))
     return trainer.run()
 
 
@@ -157,15 +193,14 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     base = Config()
-    kind = _dataset_kind(overrides.get("env", base.env))
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
     summaries = {}
     for use_opt in variants:
-        config = resolve(base, {**overrides, "opt": use_opt}, kind)
-        summaries[use_opt] = train(config, Path(args.out), args.resume)
+        config = resolve_for(base, {**overrides, "opt": use_opt})
+        summaries[use_opt] = train(config, Path(args.out), args.resume, args.adroit_data)
     # Show the other variant too when an earlier run of it (same settings otherwise) has finished.
     for use_opt in {True, False} - set(summaries):
-        sibling = run_dir_for(Path(args.out), resolve(base, {**overrides, "opt": use_opt}, kind)) / "summary.json"
+        sibling = run_dir_for(Path(args.out), resolve_for(base, {**overrides, "opt": use_opt})) / "summary.json"
         if sibling.exists():
             summaries[use_opt] = json.loads(sibling.read_text())
     ordered = [summaries[k] for k in (False, True) if k in summaries]
@@ -180,11 +215,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     from opt_fast.data.names import parse_dataset_name
 
     if args.data_command == "generate":
-        from opt_fast.data.generate import generate
-
         name = parse_dataset_name(args.name)
         out = Path(args.out) if args.out else generated_path(name, args.env_version, args.budget).parent
-        path = generate(name.d4rl_id, out, seed=args.seed, budget=args.budget, env_version=args.env_version)
+        path = generate_data(name, out, args.seed, args.budget, args.env_version, args.adroit_data, args.policy_steps)
         print(path)
         return 0
     target = Path(args.name)
@@ -200,20 +233,119 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs", help="root of run directories (default runs/)")
+    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="run on the Ray cluster at ADDRESS (HOST:PORT from a node of the cluster, "
+                        "ray://HOST:10001 from elsewhere, or auto)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and what they reuse; run nothing")
+    parser.add_argument("--report", metavar="DIR", default=None, help="write a report of these runs to DIR")
+
+
+def add_study_commands(commands: argparse._SubParsersAction) -> None:
+    from opt_fast.ablate import VARIANTS
+
+    ablate = commands.add_parser("ablate", help="N_tau x N_pretrain grids and the paper's ablations, sharing phases")
+    ablate.add_argument("--env", required=True, help="dataset name(s), comma-separated")
+    ablate.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,2,5 (default 0)")
+    ablate.add_argument("--n-tau", default=None, help="N_tau values, e.g. 0,5000,25000 (default: the budget's)")
+    ablate.add_argument("--n-pretrain", default=None, help="N_pretrain values (default: the budget's)")
+    ablate.add_argument("--variants", default="opt", help=f"comma-separated, of: {', '.join(VARIANTS)} (default opt)")
+    ablate.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="protocol size (default quick)")
+    ablate.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config setting for every run, the value in JSON: --set hidden=[64,64] --set utd=2")
+    _add_sweep_options(ablate)
+    sweep = commands.add_parser("sweep", help="run a sweep file (datasets x seeds x variants) locally or on Ray")
+    sweep.add_argument("config", help="YAML or JSON sweep file (keys: see opt_fast.sweep.load_sweep)")
+    _add_sweep_options(sweep)
+    report = commands.add_parser("report", help="Markdown + HTML report with figures of finished runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or directories that hold them")
+    report.add_argument("--out", default="report", help="output directory (default report/)")
+    report.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
+    report.add_argument("--bootstrap-reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; VALUE is read as JSON, else taken as a string."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        key = key.strip().replace("-", "_")
+        settings[key] = os.path.abspath(value) if key == "dataset" and isinstance(value, str) else value
+    return settings
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``ablate`` and ``sweep``: expand, run (or list), and optionally report."""
+    from opt_fast import ablate, sweep
+
+    if args.command == "sweep":
+        spec = sweep.load_sweep(Path(args.config))
+    else:
+        spec = ablate.AblationSpec(
+            datasets=args.env.split(","), seeds=ablate.parse_seeds(args.seeds),
+            variants=ablate.variant_overrides(args.variants.split(",")), budget=args.budget,
+            n_tau=ablate.parse_ints(args.n_tau, "--n-tau") if args.n_tau else None,
+            n_pretrain=ablate.parse_ints(args.n_pretrain, "--n-pretrain") if args.n_pretrain else None,
+            base=_settings(args.settings))
+    configs, skipped = ablate.expand(spec)
+    for reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.dry_run:
+        print(sweep.describe_plan(sweep.plan(configs), Path(args.out)))
+        return 0
+    try:
+        summaries = sweep.run_sweep(configs, Path(args.out), args.workers, args.ray)
+    except sweep.SweepError as err:
+        print(f"opt-fast: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(summaries)} run(s) finished under {args.out}")
+    if args.report:
+        from opt_fast.report import build_report
+
+        print(build_report([Path(p) for p in summaries], Path(args.report)).markdown)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from opt_fast.report import build_report
+
+    report = build_report([Path(p) for p in args.runs], Path(args.out), paper=not args.no_paper,
+                          bootstrap_reps=args.bootstrap_reps)
+    print(report.markdown)
+    print(report.html)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opt-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(commands.add_parser("train", help="offline pre-training -> OPT -> fine-tuning"))
     data = commands.add_parser("data", help="make or inspect datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    generate = data_commands.add_parser("generate", help="make a dataset with D4RL's recipe (SAC behaviour policy)")
+    generate = data_commands.add_parser(
+        "generate", help="make a dataset with D4RL's recipe: MuJoCo (SAC behaviour policy), Adroit (DAPG policies "
+        "and door demonstrations), AntMaze (goal-reaching ant + waypoints; resumable)")
     generate.add_argument("name", help="dataset name, e.g. hopper-medium-replay")
     generate.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="generation size (default quick)")
     generate.add_argument("--seed", type=int, default=0, help="seed of the behaviour-policy training (default 0)")
     generate.add_argument("--env-version", default="v5", help="gymnasium MuJoCo version (default v5)")
     generate.add_argument("--out", default=None, help="directory to write to (default $OPT_FAST_DATA_DIR/...)")
+    generate.add_argument("--adroit-data", default=None, metavar="DIR",
+                          help="Adroit: directory of the DAPG release (dapg_<task>_policy.npz, door_human_demos.npz)")
+    generate.add_argument("--policy-steps", type=int, default=None, metavar="N",
+                          help="AntMaze: SAC steps of the goal-reaching ant (default by --budget); training resumes "
+                          "from its checkpoint in the output directory")
     info = data_commands.add_parser("info", help="rows, episodes, returns and metadata of a dataset")
     info.add_argument("name", help="dataset name or path to an hdf5 file")
+    add_study_commands(commands)
     return parser
 
 
@@ -224,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
             return cmd_train(args, overrides)
+        if args.command in ("ablate", "sweep"):
+            return cmd_study(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_data(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"opt-fast: error: {err}", file=sys.stderr)

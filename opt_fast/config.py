@@ -8,6 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
+
+ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
+"""AntMaze training-reward conventions (``Config.antmaze_reward``), applied by :mod:`opt_fast.antmaze`."""
+
 
 @dataclass
 class Config:
@@ -22,10 +27,14 @@ class Config:
     budget: str = "quick"
     """Protocol size: ``paper`` (1M offline + 300k online), ``quick`` (2-core machine), ``smoke`` (tests)."""
     opt: bool = True
-    """OPT on; off gives the paper's "TD3" baseline (TD3+BC offline -> TD3 online, same replay)."""
+    """OPT on; off gives the paper's baseline with the same backbone (TD3 or SPOT, same replay)."""
+    backbone: str = "td3"
+    """``td3`` (TD3+BC offline, TD3 online: MuJoCo) or ``spot`` (SPOT offline and online: AntMaze, Adroit)."""
     compile: bool = False
     """Wrap the update steps in ``torch.compile`` (eager fallback with a message where it cannot compile)."""
     device: str = "cpu"
+    critic_backend: str = "auto"
+    """How critics are evaluated: ``torch``, ``triton`` (fused kernels) or ``auto`` (triton on CUDA)."""
     torch_threads: int = 0
     """``torch.set_num_threads``; 0 leaves PyTorch's default."""
 
@@ -58,6 +67,29 @@ class Config:
     policy_delay: int = 2
     exploration_noise: float = 0.1
     bc_alpha: float = 2.5
+
+    # --- SPOT (§3.1, §3.3, §4) ---------------------------------------------------------------------------
+    spot_lambda: float = 1.0
+    """lam_spot, weight of the behaviour-VAE density penalty in SPOT's actor loss."""
+    spot_lambda_end: float = 0.5
+    """Online cooling floor: lam_t = lam_spot * max(lam_end, 1 - t_online / T_online)."""
+    vae_steps: int = 100_000
+    """Behaviour-VAE gradient steps at the start of the offline phase, before the actor and critic (SPOT)."""
+    vae_hidden: tuple[int, ...] = (750, 750)
+    vae_lr: float = 1e-3
+    vae_beta: float = 0.5
+    """Weight of the KL term in the VAE's negative ELBO."""
+    layer_norm: bool = False
+    """LayerNorm after every hidden layer of the actor and the critics (SPOT on Adroit)."""
+    actor_init: float = 0.0
+    """Actor last layer drawn from U(-v, v) (SPOT: 1e-3); 0 keeps PyTorch's default initialisation."""
+    critic_init: float = 0.0
+    """Critics' last layer drawn from U(-v, v) (SPOT: 3e-3); 0 keeps PyTorch's default initialisation."""
+    online_gamma: float = 0.0
+    """Discount after the offline phase, for Q_on's pre-training and fine-tuning (AntMaze 0.995); 0 keeps gamma."""
+    antmaze_reward: str = "minus_one"
+    """AntMaze training reward from the 0/1 success reward: ``minus_one`` r - 1 (IQL/SPOT/OPT), ``cql``
+    4 (r - 0.5), ``calql`` 10 r - 5, ``none``; evaluation always counts the raw success."""
 
     # --- OPT online pre-training (§3.2) -----------------------------------------------------------------
     meta_adaptation: bool = True
@@ -97,8 +129,9 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(names)}")
         data = dict(data)
-        if "hidden" in data:
-            data["hidden"] = tuple(data["hidden"])
+        for key in ("hidden", "vae_hidden"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def digest(self, fields: tuple[str, ...] | None = None) -> str:
@@ -111,19 +144,36 @@ class Config:
 
 # Fields that determine the offline phase's result: runs sharing them share its checkpoint.
 OFFLINE_FIELDS = (
-    "env", "dataset", "seed", "offline_steps", "hidden", "actor_lr", "critic_lr", "batch_size", "gamma", "tau",
+    "env", "dataset", "env_version", "eval_every", "eval_episodes", "seed", "offline_steps", "hidden", "actor_lr",
+    "critic_lr", "batch_size", "gamma", "tau",
     "policy_noise", "noise_clip", "policy_delay", "bc_alpha", "device",
+    "backbone", "spot_lambda", "vae_steps", "vae_hidden", "vae_lr", "vae_beta", "layer_norm", "actor_init",
+    "critic_init", "antmaze_reward",
+)
+
+# Fields that determine the collection phase's state at a given env step, whatever N_tau itself is: runs sharing
+# them branch from the stored prefix of a longer collection of the same seed (``Trainer.collect_snapshots``).
+COLLECT_FIELDS = OFFLINE_FIELDS + (
+    "opt", "env_version", "critic_backend", "exploration_noise", "online_steps", "online_gamma", "replay_ring",
+    "replay_ring_capacity", "eval_every", "eval_episodes",
 )
 
 # Phase lengths per budget. `paper` is OPT.md §2; the others keep its proportions where they can.
 BUDGETS: dict[str, dict[str, int]] = {
     "paper": dict(offline_steps=1_000_000, n_tau=25_000, n_pretrain=50_000, online_steps=300_000,
-                  eval_every=5_000, eval_episodes=10, checkpoint_every=50_000),
-    "quick": dict(offline_steps=30_000, n_tau=2_500, n_pretrain=5_000, online_steps=15_000,
-                  eval_every=2_500, eval_episodes=5, checkpoint_every=5_000),
+                  eval_every=5_000, eval_episodes=10, checkpoint_every=50_000, vae_steps=100_000),
+    # ~13 min for TD3+OPT on hopper with one idle CPU core, so the README's default job (data generation
+    # included) fits in 30 minutes.
+    "quick": dict(offline_steps=20_000, n_tau=2_000, n_pretrain=4_000, online_steps=10_000,
+                  eval_every=2_000, eval_episodes=5, checkpoint_every=5_000, vae_steps=5_000),
     "smoke": dict(offline_steps=200, n_tau=100, n_pretrain=50, online_steps=300,
-                  eval_every=100, eval_episodes=1, checkpoint_every=100),
+                  eval_every=100, eval_episodes=1, checkpoint_every=100, vae_steps=50),
 }
+
+# A SPOT step costs several MuJoCo TD3+BC steps on a CPU (the 750-750 VAE runs inside every actor loss, LayerNorm,
+# UTD 1 but 200-1000-step evaluation episodes), so the SPOT families' quick budget is smaller; the VAE keeps its size.
+SPOT_QUICK_BUDGET: dict[str, int] = dict(offline_steps=5_000, vae_steps=1_000, n_tau=1_000, n_pretrain=1_000,
+                                         online_steps=5_000, eval_every=1_000, eval_episodes=5, checkpoint_every=1_000)
 
 # kappa schedules (OPT.md §3.4), keyed by dataset kind: (start, end, ramp in env steps at the paper budget).
 # medium-expert and expert are not in the paper; they take medium's schedule (narrow, good-quality data, as
@@ -134,21 +184,49 @@ KAPPA_PRESETS: dict[str, tuple[float, float, int]] = {
     "medium-replay": (0.1, 0.9, 150_000),
     "medium-expert": (0.3, 0.9, 150_000),
     "expert": (0.3, 0.9, 150_000),
+    # AntMaze: 100k ramp for all but large-diverse (200k).
+    "umaze": (0.1, 0.9, 100_000),
+    "umaze-diverse": (0.1, 0.9, 100_000),
+    "medium-play": (0.1, 0.9, 100_000),
+    "medium-diverse": (0.1, 0.9, 100_000),
+    "large-play": (0.1, 0.9, 100_000),
+    "large-diverse": (0.1, 0.9, 200_000),
+}
+# Adroit: the paper lists cloned; human and expert take its schedule (same narrow, demo-like data), by analogy.
+ADROIT_KAPPA = (0.1, 0.9, 250_000)
+
+# SPOT families (§4): SPOT backbone, actor lr 1e-4, UTD 1, last-layer init U(+-1e-3) actor / U(+-3e-3) critic.
+_SPOT = dict(backbone="spot", actor_lr=1e-4, utd=1, actor_init=1e-3, critic_init=3e-3)
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    ANTMAZE_FAMILY: dict(_SPOT, spot_lambda_end=0.2, online_gamma=0.995),
+    **{family: dict(_SPOT, spot_lambda=1.0, spot_lambda_end=0.5, layer_norm=True) for family in ADROIT_FAMILIES},
+}
+# AntMaze lam_spot per dataset (§4; medium-diverse is uncertain between 0.025 and 0.05: 0.025 as the table).
+ANTMAZE_LAMBDA: dict[str, float] = {
+    "umaze": 0.25, "umaze-diverse": 0.25, "medium-play": 0.05, "medium-diverse": 0.025, "large-play": 0.025,
+    "large-diverse": 0.025,
 }
 
 
-def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str) -> Config:
+def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str, family: str | None = None) -> Config:
     """The fully resolved config: budget, then the dataset family's preset, then explicit overrides.
 
-    The kappa ramp is scaled with the budget's fine-tuning length so that the schedule keeps its shape.
+    ``family`` (hopper, antmaze, door...) selects the SPOT presets of AntMaze and Adroit. The kappa ramp is scaled
+    with the budget's fine-tuning length so that the schedule keeps its shape.
     """
     budget = overrides.get("budget", base.budget)
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
     values = base.to_json()
     values.update(BUDGETS[budget])
-    if dataset_kind in KAPPA_PRESETS:
-        start, end, ramp = KAPPA_PRESETS[dataset_kind]
+    values.update(FAMILY_PRESETS.get(family or "", {}))
+    if budget == "quick" and values["backbone"] == "spot":
+        values.update(SPOT_QUICK_BUDGET)
+    if family == ANTMAZE_FAMILY and dataset_kind in ANTMAZE_LAMBDA:
+        values["spot_lambda"] = ANTMAZE_LAMBDA[dataset_kind]
+    schedule = ADROIT_KAPPA if family in ADROIT_FAMILIES else KAPPA_PRESETS.get(dataset_kind)
+    if schedule is not None:
+        start, end, ramp = schedule
         paper_finetune = BUDGETS["paper"]["online_steps"] - BUDGETS["paper"]["n_tau"]
         finetune = values["online_steps"] - values["n_tau"]
         values.update(kappa_start=start, kappa_end=end, kappa_ramp=round(ramp * finetune / paper_finetune))
@@ -181,6 +259,26 @@ def validate(config: Config) -> None:
         raise ValueError(f"--pretrain-data must be both|offline|online, got {config.pretrain_data!r}")
     if config.kappa_ramp_from not in ("n_tau", "zero"):
         raise ValueError(f"--kappa-ramp-from must be 'n_tau' or 'zero', got {config.kappa_ramp_from!r}")
+    if config.backbone not in ("td3", "spot"):
+        raise ValueError(f"--backbone must be 'td3' or 'spot', got {config.backbone!r}")
+    if config.backbone == "td3" and (config.layer_norm or config.actor_init or config.critic_init):
+        raise ValueError("--layer-norm, --actor-init and --critic-init apply to the SPOT backbone (--backbone spot)")
+    if config.backbone == "spot" and config.vae_steps < 0:
+        raise ValueError(f"--vae-steps must be >= 0, got {config.vae_steps}")
+    if config.online_gamma != 0.0 and not 0.0 < config.online_gamma < 1.0:
+        raise ValueError(f"--online-gamma must lie in (0, 1), or be 0 to keep --gamma; got {config.online_gamma}")
+    if config.antmaze_reward not in ANTMAZE_REWARDS:
+        raise ValueError(f"--antmaze-reward must be one of {', '.join(ANTMAZE_REWARDS)}, got {config.antmaze_reward!r}")
+
+
+def offline_phase_steps(config: Config) -> int:
+    """Gradient steps of the offline phase: SPOT's behaviour-VAE steps come first, then the actor/critic steps."""
+    return config.offline_steps + (config.vae_steps if config.backbone == "spot" else 0)
+
+
+def online_discount(config: Config) -> float:
+    """The discount of every update after the offline phase (SPOT on AntMaze switches to 0.995 there)."""
+    return config.online_gamma or config.gamma
 
 
 def kappa(config: Config, online_step: int) -> float:

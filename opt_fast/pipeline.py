@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from opt_fast import antmaze, envs
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
-from opt_fast.config import OFFLINE_FIELDS, Config, kappa, offline_phase_steps, online_discount
+from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config, kappa, offline_phase_steps, online_discount
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
@@ -56,8 +57,12 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, dataset: OfflineDataset, cache_dir: Path | None = None):
+    def __init__(self, config: Config, run_dir: Path, dataset: OfflineDataset, cache_dir: Path | None = None,
+                 collect_snapshots: Collection[int] = ()):
         self.config = config
+        # Env steps at which the collection phase stores its state in ``cache_dir``, for runs with a smaller N_tau
+        # to branch from (an ablation over N_tau); a normal run stores none.
+        self.collect_snapshots = frozenset(collect_snapshots)
         self.run_dir = Path(run_dir)
         self.dataset = dataset
         # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
@@ -70,9 +75,9 @@ class Trainer:
         self.ref_scores = ((float(meta["ref_min_score"]), float(meta["ref_max_score"]))
                            if "ref_min_score" in meta and "ref_max_score" in meta else reference_scores(self.family))
         if self.family == ANTMAZE_FAMILY and dataset.source == "d4rl":
-            print(f"warning: {dataset.path} is D4RL AntMaze data, whose maze is the mirror image of gymnasium-robotics' "
-                  "(see opt_fast.antmaze): the online env does not match it; use Minari's D4RL/antmaze data or "
-                  "`opt-fast data generate`", file=sys.stderr)
+            print(f"warning: {dataset.path} is D4RL AntMaze data, whose maze is the mirror image of "
+                  "gymnasium-robotics' (see opt_fast.antmaze): the online env does not match it; use Minari's "
+                  "D4RL/antmaze data or `opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
         self.device = torch.device(config.device)
         if config.torch_threads > 0:
@@ -112,9 +117,19 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ driving
     def run(self) -> dict[str, Any]:
         """Run (or continue) every remaining phase; returns the summary."""
+        self.run_until("done")
+        summary = self.summary()
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def run_until(self, stop: str) -> None:
+        """Run (or continue) the phases that come before phase ``stop`` (a sweep stops a run after its collection so
+        that other runs can branch from its caches while it goes on)."""
+        if stop not in PHASES:
+            raise ValueError(f"unknown phase {stop!r}; phases: {', '.join(PHASES)}")
         phases = {"offline": self._offline, "collect": self._collect, "pretrain": self._pretrain,
                   "finetune": self._finetune}
-        while self.progress.phase != "done":
+        while PHASES.index(self.progress.phase) < PHASES.index(stop):
             phase = self.progress.phase
             started = time.perf_counter()
             phases[phase]()
@@ -122,9 +137,6 @@ class Trainer:
                 self.progress.phase_seconds.get(phase, 0.0) + time.perf_counter() - started
             )
             self._end_phase(phase)
-        summary = self.summary()
-        write_json(self.run_dir / "summary.json", summary)
-        return summary
 
     def _next_phase(self, phase: str) -> str:
         if not self.config.opt and phase == "offline":
@@ -160,6 +172,9 @@ class Trainer:
             while p.online_step < cfg.n_tau:
                 self._env_step()
                 bar.update()
+                # Stored before this step's evaluation: a run whose N_tau is this step evaluates it as its phase end.
+                if p.online_step in self.collect_snapshots:
+                    self._store_collect_snapshot()
                 if p.online_step < cfg.n_tau:
                     self._periodic(p.online_step, bar)
 
@@ -372,6 +387,51 @@ class Trainer:
         self.save_checkpoint(phase_end="offline")
         return True
 
+    # ------------------------------------------------------------------------------------------ collection prefix
+    def _collect_snapshot_path(self, step: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"collect-{self.config.digest(COLLECT_FIELDS)}-{step}.pt"
+
+    def _store_collect_snapshot(self) -> None:
+        """The collection's state after ``online_step`` env steps. The policy is frozen and nothing is trained while
+        collecting, so only the buffers, RNGs, env, progress and metrics so far change; Q_on and the density net are
+        still at their seeded initial values, which a branching run has already."""
+        path = self._collect_snapshot_path(self.progress.online_step)
+        if path is None or path.exists():
+            return
+        state = {
+            "progress": asdict(self.progress),
+            "buffers": {"online": self.online_buffer.state_dict(), "balanced": self.balanced.state_dict()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+            "env": None if self.obs is None else get_env_state(self.env),
+            "obs": self.obs,
+        }
+        save_torch(path, {"state": state, "metrics": read_jsonl(self.metrics_path)[: self.progress.n_metrics]})
+
+    def try_collect_cache(self) -> bool:
+        """Before collecting, take the first N_tau steps of a longer collection of the same seed if one stored
+        them; returns whether it did. The run then continues exactly as if it had collected them itself."""
+        path = self._collect_snapshot_path(self.config.n_tau)
+        p = self.progress
+        if p.phase != "collect" or p.online_step != 0 or path is None or not path.exists():
+            return False
+        cached = load_torch(path)
+        state = cached["state"]
+        self.online_buffer.load_state_dict(state["buffers"]["online"])
+        self.balanced.load_state_dict(state["buffers"]["balanced"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.obs = state["obs"]
+        if state["env"] is not None:
+            set_env_state(self.env, state["env"])
+        # Both share the records up to the end of the offline phase; append the collection's.
+        for record in cached["metrics"][p.n_metrics:]:
+            append_jsonl(self.metrics_path, record)
+        self.progress = Progress(**state["progress"])
+        self.save_checkpoint()
+        return True
+
 
 _MUJOCO_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 
@@ -417,8 +477,12 @@ def env_package_versions(family: str) -> dict[str, str]:
 
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
-             cache_dir: Path | None = None) -> Trainer:
-    """A trainer for ``run_dir``: fresh (refusing to overwrite another run) or resumed from its last checkpoint."""
+             cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()) -> Trainer:
+    """A trainer for ``run_dir``: fresh (refusing to overwrite another run) or resumed from its last checkpoint.
+
+    With a ``cache_dir``, a run starts from the cached offline phase and the stored collection prefix that match its
+    configuration, if any; ``collect_snapshots`` are the env steps at which its own collection stores its state.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if config_path.exists():
@@ -427,12 +491,13 @@ def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: boo
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if stored.to_json() != config.to_json():
             raise ValueError(f"--resume: {config_path} differs from the requested configuration")
-    trainer = Trainer(config, run_dir, dataset, cache_dir)
+    trainer = Trainer(config, run_dir, dataset, cache_dir, collect_snapshots)
     if resume and (run_dir / "checkpoints" / "latest.pt").exists():
         trainer.resume()
-        return trainer
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config.to_json())
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    trainer.try_offline_cache()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config_path, config.to_json())
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        trainer.try_offline_cache()
+    trainer.try_collect_cache()
     return trainer

@@ -20,11 +20,12 @@ def batches(n_batches, seed):
 
 
 @pytest.fixture
-def same_random_numbers(monkeypatch):
+def same_random_numbers():
     # Inductor draws random numbers with its own generator; use eager's so both modes see the same noise.
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    with inductor_config.patch(fallback_random=True):
+        yield
 
 
 def test_compiled_updates_match_eager(same_random_numbers, capsys):

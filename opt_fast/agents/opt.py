@@ -1,17 +1,20 @@
-"""OPT (OPT.md §3.2-§3.4) composed on the TD3 backbone, and the online fine-tuning it shares with the baseline.
+"""OPT (OPT.md §3.2-§3.4) composed on a backbone (TD3, or SPOT with ``config.backbone``), and the online
+fine-tuning it shares with the baseline.
 
-With ``config.opt`` off this is the paper's "TD3" baseline: the same balanced replay and fine-tuning update,
-without Q_on (kappa is then irrelevant: the actor follows Q_off alone).
+With ``config.opt`` off this is the paper's "TD3" / "SPOT" baseline: the same balanced replay and fine-tuning
+update, without Q_on (kappa is then irrelevant: the actor follows Q_off alone).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
 
 from opt_fast.agents.td3 import TD3, Batch, compile_loss, detached, members, optimizer_step, td_losses, td_target
-from opt_fast.config import Config
+from opt_fast.agents.spot import SPOT, network_options
+from opt_fast.config import Config, online_discount
 from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, polyak_update, q_values, stack_params
 
 _LOG_EPS = 1e-10
@@ -56,12 +59,14 @@ class OPTAgent:
 
     def __init__(self, obs_dim: int, act_dim: int, config: Config):
         self.config = config
-        self.backbone = TD3(obs_dim, act_dim, config)
+        # Every update after the offline phase (Q_on's pre-training, fine-tuning) uses the online discount.
+        self.online_config = dataclasses.replace(config, gamma=online_discount(config))
+        self.backbone = (SPOT if config.backbone == "spot" else TD3)(obs_dim, act_dim, config)
         device = self.backbone.device
         self.q_on: Critic | None = None
         if config.opt:
             # A new twin critic, randomly initialised, same architecture as Q_off (§2, phase 2b).
-            self.q_on = Critic(obs_dim, act_dim, n_heads=2, hidden=config.hidden).to(device)
+            self.q_on = Critic(obs_dim, act_dim, n_heads=2, **network_options(config, config.critic_init)).to(device)
             self.q_on_target = copy.deepcopy(self.q_on).requires_grad_(False)
             self.q_on_opt = adam(self.q_on.parameters(), config.critic_lr)
         self.density = DensityRatio(obs_dim, act_dim, hidden=config.hidden).to(device)
@@ -88,8 +93,8 @@ class OPTAgent:
         actor_target = self.backbone.actor_target  # the frozen offline target actor
         params = self.q_on.layer_params()
         if off is not None and on is not None:
-            y_off = td_target(target_params, actor_target, off, self.config)
-            y_on = td_target(target_params, actor_target, on, self.config)
+            y_off = td_target(target_params, actor_target, off, self.online_config)
+            y_on = td_target(target_params, actor_target, on, self.online_config)
             if self.config.meta_adaptation:
                 total, loss_off, loss_on = meta_adaptation_loss(params, off, y_off, on, y_on, self.config)
             else:
@@ -99,7 +104,7 @@ class OPTAgent:
             return {"loss": total, "loss_off": loss_off, "loss_on": loss_on}
         batch = off if off is not None else on
         assert batch is not None
-        loss = td_losses(params, batch, td_target(target_params, actor_target, batch, self.config)).sum()
+        loss = td_losses(params, batch, td_target(target_params, actor_target, batch, self.online_config)).sum()
         return {"loss": loss}
 
     def pretrain_update(self, off: Batch | None, on: Batch | None, step: int) -> dict[str, torch.Tensor]:
@@ -134,7 +139,9 @@ class OPTAgent:
 
     def _finetune_critic_loss(self, batch: Batch) -> torch.Tensor:
         """TD losses of Q_off and Q_on on the same batch, each with its own targets, as one batched call."""
-        target = td_target(stack_params(*self.target_critics()), self.backbone.actor_target, batch, self.config)
+        target = td_target(
+            stack_params(*self.target_critics()), self.backbone.actor_target, batch, self.online_config
+        )
         return td_losses(stack_params(*self.critics()), batch, target)
 
     def _finetune_actor_loss(self, obs: torch.Tensor, kappa: torch.Tensor, online_progress: torch.Tensor):

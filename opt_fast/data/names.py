@@ -99,6 +99,11 @@ class DatasetName:
         """D4RL's file name for this dataset, e.g. ``walker2d_medium_replay-v2.hdf5``."""
         return D4RL_FILES[self.d4rl_id]
 
+    @property
+    def label(self) -> str:
+        """The name runs and tables show: the D4RL id."""
+        return self.d4rl_id
+
     def __str__(self) -> str:
         return self.d4rl_id
 
@@ -149,3 +154,50 @@ def resolve_dataset_path(name: str | DatasetName, dataset_path: str | os.PathLik
             f"or generate the data)"
         )
     return path
+
+
+MINARI_PREFIX = "minari:"
+_MINARI_RE = re.compile(r"^(?P<namespace>[\w.-]+)/(?P<env>[\w.-]+)/(?P<dataset>[\w.-]+?)-v(?P<version>\d+)$")
+
+
+@dataclass(frozen=True)
+class MinariName:
+    """A Minari dataset id (``D4RL/door/human-v2``, ``mujoco/hopper/medium-v0``) and the task family and dataset
+    kind it maps to (``door``, ``human``): Minari ids name the env in their second component."""
+
+    dataset_id: str
+    family: str
+    kind: str
+
+    @property
+    def label(self) -> str:
+        """The name runs and tables show, without slashes: ``minari-D4RL-door-human-v2``."""
+        return "minari-" + self.dataset_id.replace("/", "-")
+
+    def __str__(self) -> str:
+        return MINARI_PREFIX + self.dataset_id
+
+
+def parse_minari_id(dataset_id: str) -> MinariName:
+    """Parse ``<namespace>/<env>/<dataset>-v<N>``; the env must be one of the task families opt-fast runs."""
+    text = dataset_id.strip()
+    match = _MINARI_RE.match(text)
+    if match is None:
+        raise ValueError(f"Minari dataset id {text!r} is not of the form <namespace>/<env>/<dataset>-v<N> "
+                         f"(e.g. D4RL/door/human-v2, D4RL/antmaze/umaze-v1, mujoco/hopper/medium-v0)")
+    family = match["env"].lower()
+    families = (*MUJOCO_FAMILIES, *ADROIT_FAMILIES, ANTMAZE_FAMILY)
+    if family not in families:
+        raise ValueError(f"Minari dataset {text!r}: env {match['env']!r} is not one opt-fast runs; supported envs: "
+                         f"{', '.join(families)}")
+    return MinariName(text, family, match["dataset"].lower())
+
+
+def parse_task(env: str | DatasetName | MinariName) -> DatasetName | MinariName:
+    """``--env``: a D4RL dataset name (see :func:`parse_dataset_name`) or ``minari:<Minari dataset id>``."""
+    if isinstance(env, (DatasetName, MinariName)):
+        return env
+    text = env.strip()
+    if text.lower().startswith(MINARI_PREFIX):
+        return parse_minari_id(text[len(MINARI_PREFIX):])
+    return parse_dataset_name(text)

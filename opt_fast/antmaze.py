@@ -1,0 +1,488 @@
+"""AntMaze with D4RL's conventions on gymnasium-robotics ``AntMaze_*-v4``, and D4RL's recipe to make its data.
+
+Environment (``/work/shared/paper/DATA.md``):
+
+- Observation: D4RL's 29 entries, the ant's x, y (``achieved_goal``) followed by the 27 proprioceptive entries
+  (``observation``: qpos[2:] and qvel); the goal is not observed, as in D4RL.
+- Task: D4RL's evaluation task per maze, a fixed start cell and goal cell (umaze (1,1) -> (3,1), medium
+  (1,1) -> (6,6), large (1,1) -> (7,9), row/column in the maze map); gymnasium-robotics adds uniform noise of
+  +-0.25 * cell size to both positions. Horizons: umaze 700 steps, medium and large 1000.
+- Reward and success as D4RL counts them: reward 1 when the ant's x, y is within ``GOAL_RADIUS`` = 0.5 of the goal
+  (gymnasium-robotics uses 0.45), and the episode ends there. An episode's return is therefore its success, and
+  the score is 100 x the success rate.
+- The maze frame is gymnasium-robotics' (centred, y up): D4RL's own ``antmaze-*-v2`` files load, but their maze is
+  the mirror image of this one, so only data made in this frame (Minari's ``D4RL/antmaze/*-v1``, or
+  :func:`generate`) matches the online env.
+
+Training rewards: the dataset's 0/1 rewards and the online rewards go through :func:`transform_reward`
+(``Config.antmaze_reward``: ``r - 1`` by default, CQL's ``4 (r - 0.5)``, Cal-QL's ``10 r - 5``).
+
+Data generation follows D4RL: a goal-reaching ant policy (SAC, trained here in an open arena on the egocentric
+goal direction, :func:`train_goal_reacher`, resumable) is steered by a BFS waypoint controller over the maze cells,
+with N(0, 0.2) action noise, in 1000-step episodes whose rewards are relabelled as ||xy' - goal|| <= 0.5.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig
+from opt_fast.agents.td3 import Batch
+from opt_fast.config import ANTMAZE_REWARDS
+from opt_fast.data.names import ANTMAZE_FAMILY, parse_dataset_name
+from opt_fast.io import load_torch, save_torch, write_json
+
+_NO_PROGRESS = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"  # as the trainer's progress bars
+GOAL_RADIUS = 0.5
+"""D4RL's success radius around the goal (metres)."""
+MAZES: dict[str, str] = {"umaze": "UMaze", "medium": "Medium", "large": "Large"}
+"""Maze -> gymnasium-robotics env name part (``AntMaze_<part>-v4``)."""
+HORIZONS: dict[str, int] = {"umaze": 700, "medium": 1000, "large": 1000}
+EVAL_CELLS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), "large": ((1, 1), (7, 9)),
+}
+"""D4RL's evaluation (start cell, goal cell) per maze, as (row, column) of the maze map."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a D4RL AntMaze dataset was collected (its file name's ``multistart`` / ``multigoal`` flags)."""
+
+    maze: str
+    multistart: bool
+    """Every episode starts in a random free cell (else the evaluation start cell)."""
+    multigoal: bool
+    """Every episode has a random free goal cell (else the evaluation goal cell)."""
+
+
+RECIPES: dict[str, Recipe] = {
+    "umaze": Recipe("umaze", False, False),
+    "umaze-diverse": Recipe("umaze", True, True),
+    "medium-play": Recipe("medium", True, False),
+    "medium-diverse": Recipe("medium", True, True),
+    "large-play": Recipe("large", True, False),
+    "large-diverse": Recipe("large", True, True),
+}
+
+
+def env_key(dataset_kind: str) -> str:
+    """The env of a dataset, named by its maze: ``umaze-diverse`` -> ``antmaze-umaze``."""
+    if dataset_kind not in RECIPES:
+        raise ValueError(f"unknown AntMaze dataset kind {dataset_kind!r}; valid kinds: {', '.join(RECIPES)}")
+    return f"{ANTMAZE_FAMILY}-{RECIPES[dataset_kind].maze}"
+
+
+def _maze_of(key: str) -> str:
+    maze = key.removeprefix(f"{ANTMAZE_FAMILY}-")
+    if maze not in MAZES:
+        raise ValueError(f"unknown AntMaze env {key!r}; valid envs: {', '.join(f'antmaze-{m}' for m in MAZES)}")
+    return maze
+
+
+def transform_reward(convention: str, reward: np.ndarray | float) -> np.ndarray | float:
+    """The training reward of a 0/1 success reward under a convention of ``Config.antmaze_reward``."""
+    if convention == "minus_one":
+        return reward - 1.0
+    if convention == "cql":
+        return 4.0 * (reward - 0.5)
+    if convention == "calql":
+        return 10.0 * reward - 5.0
+    if convention == "none":
+        return reward
+    raise ValueError(f"unknown AntMaze reward convention {convention!r}; valid: {', '.join(ANTMAZE_REWARDS)}")
+
+
+def flatten_observation(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """D4RL's AntMaze observation from a goal-env Dict observation: x, y (``achieved_goal``) then the 27
+    ``observation`` entries (batched arrays work too: the last axis is concatenated)."""
+    missing = [key for key in ("achieved_goal", "observation") if key not in obs]
+    if missing:
+        raise ValueError(f"a Dict observation needs keys 'achieved_goal' and 'observation' to be flattened as "
+                         f"D4RL's AntMaze observation; missing {missing} (keys: {sorted(obs)})")
+    return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
+
+
+def maze_map(maze: str, start: tuple[int, int] | None = None, goal: tuple[int, int] | None = None) -> list[list]:
+    """gymnasium-robotics' map of ``maze`` with the start (``r``) and goal (``g``) cells marked."""
+    from gymnasium_robotics.envs.maze import maps
+
+    layout = [list(row) for row in {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[maze]]
+    for cell, mark in ((start, "r"), (goal, "g")):
+        if cell is not None:
+            if layout[cell[0]][cell[1]] == 1:
+                raise ValueError(f"cell {cell} of the {maze} maze is a wall")
+            layout[cell[0]][cell[1]] = mark
+    return layout
+
+
+class AntMazeD4RL(gym.Wrapper):
+    """A gymnasium-robotics AntMaze env with D4RL's observation, reward and success (see the module docstring).
+
+    ``end_at_goal`` ends the episode on success (D4RL's evaluation); data collection keeps going.
+    """
+
+    def __init__(self, env: gym.Env, goal_radius: float = GOAL_RADIUS, end_at_goal: bool = True):
+        super().__init__(env)
+        self.goal_radius = goal_radius
+        self.end_at_goal = end_at_goal
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(29,), dtype=np.float64)
+
+    @property
+    def goal(self) -> np.ndarray:
+        return self.unwrapped.goal
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return flatten_observation(obs), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, _, _, truncated, info = self.env.step(action)
+        success = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= self.goal_radius)
+        info["success"] = success
+        return flatten_observation(obs), float(success), success and self.end_at_goal, truncated, info
+
+    def task_state(self) -> dict[str, Any]:
+        """What a checkpoint needs besides physics: the goal and start, and the inner ant env's RNG."""
+        maze_env = self.unwrapped
+        return {"goal": maze_env.goal.copy(), "reset_pos": maze_env.reset_pos.copy(),
+                "ant_rng": maze_env.ant_env.np_random.bit_generator.state}
+
+    def set_task_state(self, state: dict[str, Any]) -> None:
+        maze_env = self.unwrapped
+        maze_env.goal, maze_env.reset_pos = state["goal"].copy(), state["reset_pos"].copy()
+        maze_env.update_target_site_pos()
+        maze_env.ant_env.np_random.bit_generator.state = state["ant_rng"]
+
+
+def _base_env(maze: str, layout: list[list], horizon: int) -> gym.Env:
+    import gymnasium_robotics  # registers the envs; imported here so MuJoCo-only use never needs the package
+
+    gym.register_envs(gymnasium_robotics)
+    with warnings.catch_warnings():
+        # v4 on purpose: Minari's D4RL/antmaze datasets were collected on it (gymnasium flags it as outdated).
+        warnings.filterwarnings("ignore", message=".*AntMaze_.*out of date", category=DeprecationWarning)
+        return gym.make(f"AntMaze_{MAZES[maze]}-v4", maze_map=layout, continuing_task=True, reset_target=False,
+                        max_episode_steps=horizon)
+
+
+def make_env(key: str, seed: int | None = None) -> AntMazeD4RL:
+    """D4RL's evaluation task of a maze (``antmaze-umaze``, ``antmaze-medium``, ``antmaze-large``)."""
+    maze = _maze_of(key)
+    start, goal = EVAL_CELLS[maze]
+    env = AntMazeD4RL(_base_env(maze, maze_map(maze, start, goal), HORIZONS[maze]))
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def gymnasium_robotics_version() -> str:
+    return importlib_metadata.version("gymnasium-robotics")
+
+
+# ----------------------------------------------------------------------------------------------- goal reaching
+def _yaw(quat: np.ndarray) -> float:
+    w, x, y, z = quat
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def _rotate(xy: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([c * xy[0] - s * xy[1], s * xy[0] + c * xy[1]])
+
+
+def egocentric_features(obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The goal reacher's input from D4RL's 29-entry observation and a target x, y, with the heading removed:
+    z, the orientation relative to the heading, joint angles, the velocity in the heading frame, angular and
+    joint velocities, and the target's offset in the heading frame (29 entries). Walking towards a target is the
+    same skill in every direction, so the policy learns it once."""
+    z, quat, joints = obs[2], obs[3:7], obs[7:15]
+    linear, rest = obs[15:18], obs[18:29]
+    yaw = _yaw(quat)
+    half = 0.5 * yaw
+    # Orientation without the heading: conj(q_yaw) * q, q_yaw = (cos(yaw/2), 0, 0, sin(yaw/2)).
+    cw, sz = math.cos(half), math.sin(half)
+    w, x, y, zq = quat
+    relative = np.array([cw * w + sz * zq, cw * x + sz * y, cw * y - sz * x, cw * zq - sz * w])
+    return np.concatenate([[z], relative, joints, _rotate(linear[:2], -yaw), linear[2:], rest,
+                           _rotate(np.asarray(target) - obs[:2], -yaw)]).astype(np.float32)
+
+
+ARENA = "open"
+_ARENA_MARGIN = 1.0  # targets stay this far inside the arena's walls (metres)
+_HEALTHY_Z = (0.2, 1.0)  # gymnasium Ant's healthy torso height range
+
+
+@dataclass(frozen=True)
+class ReacherBudget:
+    sac_steps: int
+    """Env steps (one SAC update each after ``random_steps``) of the goal reacher's training."""
+    random_steps: int = 10_000
+    """Uniform random actions before the policy acts."""
+    episode_steps: int = 500
+    checkpoint_every: int = 25_000
+    eval_episodes: int = 10
+    """Waypoint-controller episodes on the umaze evaluation task that measure the reacher's success rate (0: none)."""
+
+
+REACHER_BUDGETS: dict[str, ReacherBudget] = {
+    "paper": ReacherBudget(sac_steps=3_000_000),
+    "quick": ReacherBudget(sac_steps=300_000),
+    "smoke": ReacherBudget(sac_steps=300, random_steps=100, episode_steps=100, checkpoint_every=150, eval_episodes=1),
+}
+
+
+class _Arena:
+    """The goal reacher's training task: an open room (gymnasium-robotics ``OPEN``) with targets at random
+    offsets of 0.5-6 m (up to a maze cell's diagonal), a new one whenever the last is reached. Reward, as
+    gymnasium's Ant with the goal's direction for "forward": velocity towards the target + 1 while healthy -
+    0.5 |a|^2; the episode ends when the torso leaves the healthy height range."""
+
+    def __init__(self, steps: int):
+        from gymnasium_robotics.envs.maze import maps
+
+        layout = [list(row) for row in maps.OPEN]
+        self.env = AntMazeD4RL(_base_env("umaze", layout, steps), end_at_goal=False)
+        self.maze = self.env.unwrapped.maze
+        half_x = self.maze.map_width * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
+        half_y = self.maze.map_length * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
+        self.bounds = np.array([half_x, half_y])
+        self.steps = steps
+        self.dt = self.env.unwrapped.ant_env.dt
+
+    def new_target(self, xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        while True:
+            angle, length = rng.uniform(-math.pi, math.pi), rng.uniform(0.5, 6.0)
+            target = xy + length * np.array([math.cos(angle), math.sin(angle)])
+            if np.all(np.abs(target) <= self.bounds):
+                return target
+
+    def episode(self, act: Callable[[np.ndarray], np.ndarray], seed: int, rng: np.random.Generator,
+                on_step: Callable[[np.ndarray, np.ndarray, float, np.ndarray, bool], None]) -> float:
+        obs, _ = self.env.reset(seed=seed)
+        target = self.new_target(obs[:2], rng)
+        total = 0.0
+        for _ in range(self.steps):
+            features = egocentric_features(obs, target)
+            action = act(features)
+            next_obs, _, _, _, _ = self.env.step(action)
+            progress = (np.linalg.norm(target - obs[:2]) - np.linalg.norm(target - next_obs[:2])) / self.dt
+            healthy = _HEALTHY_Z[0] <= next_obs[2] <= _HEALTHY_Z[1]
+            reward = float(progress + (1.0 if healthy else 0.0) - 0.5 * np.square(action).sum())
+            on_step(features, action, reward, egocentric_features(next_obs, target), not healthy)
+            total += reward
+            if not healthy:
+                break
+            obs = next_obs
+            if np.linalg.norm(target - obs[:2]) <= GOAL_RADIUS:
+                target = self.new_target(obs[:2], rng)
+        return total
+
+
+class WaypointController:
+    """D4RL's AntMaze controller: the goal reacher walks to the centre of the next cell on a shortest path (BFS
+    over free cells) towards the goal's cell, and to the goal itself once in that cell."""
+
+    def __init__(self, env: AntMazeD4RL, policy: Callable[[np.ndarray], np.ndarray]):
+        self.maze = env.unwrapped.maze
+        self.free = np.array([[cell != 1 for cell in row] for row in self.maze.maze_map])
+        self.policy = policy
+        self._distances: dict[tuple[int, int], np.ndarray] = {}
+
+    def _distance_to(self, goal_cell: tuple[int, int]) -> np.ndarray:
+        if goal_cell not in self._distances:
+            distance = np.full(self.free.shape, np.inf)
+            distance[goal_cell] = 0
+            queue = deque([goal_cell])
+            while queue:
+                row, col = queue.popleft()
+                for d_row, d_col in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    nxt = (row + d_row, col + d_col)
+                    if self.free[nxt] and distance[nxt] == np.inf:
+                        distance[nxt] = distance[row, col] + 1
+                        queue.append(nxt)
+            self._distances[goal_cell] = distance
+        return self._distances[goal_cell]
+
+    def waypoint(self, xy: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        cell = tuple(int(v) for v in self.maze.cell_xy_to_rowcol(xy))
+        goal_cell = tuple(int(v) for v in self.maze.cell_xy_to_rowcol(goal))
+        distance = self._distance_to(goal_cell)
+        if cell == goal_cell or not np.isfinite(distance[cell]):
+            return goal
+        row, col = cell
+        neighbours = [(row + dr, col + dc) for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+        nxt = min(neighbours, key=lambda c: distance[c])
+        return self.maze.cell_rowcol_to_xy(np.array(nxt))
+
+    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        return self.policy(egocentric_features(obs, self.waypoint(obs[:2], goal)))
+
+
+def _reacher_dir(out_dir: Path, seed: int) -> Path:
+    return Path(out_dir) / f"antmaze-goal-reacher-seed{seed}"
+
+
+def train_goal_reacher(out_dir: str | Path, seed: int = 0, budget: str | ReacherBudget = "quick",
+                       sac_steps: int | None = None) -> tuple[SAC, dict[str, Any]]:
+    """Train (or continue training) the goal reacher; returns it and its record.
+
+    Checkpoints go to ``<out_dir>/antmaze-goal-reacher-seed<seed>/checkpoint.pt`` at the first episode end after
+    every ``checkpoint_every`` steps (episodes reset from seeds derived from ``seed``, so no mid-episode env state
+    is needed); a later call continues from there, also with a larger ``sac_steps``. At the end the waypoint
+    controller's success rate on the umaze evaluation task is measured and stored in ``record.json`` next to it.
+    """
+    sizes = budget if isinstance(budget, ReacherBudget) else REACHER_BUDGETS[budget]
+    total = sizes.sac_steps if sac_steps is None else sac_steps
+    directory = _reacher_dir(Path(out_dir), seed)
+    checkpoint = directory / "checkpoint.pt"
+    arena = _Arena(sizes.episode_steps)
+    sac = SAC(29, 8, SACConfig(), seed=seed)
+    # Room for every step: the last episode may run past ``total``, and a ring would overwrite early rows.
+    buffer = ReplayBuffer(total + sizes.episode_steps, 29, 8, seed=seed + 1)
+    rng, random_actions = np.random.default_rng(seed), np.random.default_rng(seed + 2)
+    progress = {"steps": 0, "episodes": 0, "returns": []}
+    if checkpoint.exists():
+        state = load_torch(checkpoint)
+        sac.load_state_dict(state["sac"])
+        buffer = ReplayBuffer(max(total, int(state["buffer"]["size"])) + sizes.episode_steps, 29, 8)
+        buffer.load_state_dict(state["buffer"])
+        rng.bit_generator.state, random_actions.bit_generator.state = state["rng"], state["random_actions"]
+        progress = state["progress"]
+        print(f"goal reacher: resuming from {checkpoint} at step {progress['steps']:,}")
+
+    def act(features: np.ndarray) -> np.ndarray:
+        if progress["steps"] < sizes.random_steps:
+            return random_actions.uniform(-1.0, 1.0, size=8).astype(np.float32)
+        return sac.act(features)
+
+    def on_step(features, action, reward, next_features, done) -> None:
+        buffer.add(features, action, reward, next_features, done)
+        progress["steps"] += 1
+        if progress["steps"] >= sizes.random_steps:
+            sac.update(Batch.from_numpy(buffer.sample(sac.config.batch_size), sac.device))
+        bar.update()
+
+    next_checkpoint = (progress["steps"] // sizes.checkpoint_every + 1) * sizes.checkpoint_every
+    with tqdm(total=total, initial=progress["steps"], desc="antmaze goal reacher", unit="step",
+              disable=_NO_PROGRESS) as bar:
+        while progress["steps"] < total:
+            episode_return = arena.episode(act, seed * 1_000_003 + progress["episodes"], rng, on_step)
+            progress["episodes"] += 1
+            progress["returns"].append(episode_return)
+            bar.set_postfix(ret=f"{np.mean(progress['returns'][-10:]):.0f}")
+            if progress["steps"] >= next_checkpoint or progress["steps"] >= total:
+                save_torch(checkpoint, {"sac": sac.state_dict(), "buffer": buffer.state_dict(),
+                                        "rng": rng.bit_generator.state,
+                                        "random_actions": random_actions.bit_generator.state, "progress": progress})
+                next_checkpoint += sizes.checkpoint_every
+    record = {"steps": progress["steps"], "episodes": progress["episodes"],
+              "recent_return": float(np.mean(progress["returns"][-10:])) if progress["returns"] else None,
+              "umaze_success_rate": waypoint_success_rate(sac, "umaze", sizes.eval_episodes, seed)
+              if sizes.eval_episodes else None}
+    write_json(directory / "record.json", record)
+    if sizes.eval_episodes:
+        print(f"goal reacher after {record['steps']:,} steps: waypoint-controller success on the umaze evaluation "
+              f"task {100 * record['umaze_success_rate']:.0f}% ({sizes.eval_episodes} episodes)")
+    return sac, record
+
+
+def _deterministic(sac: SAC) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda features: sac.act(features, deterministic=True)
+
+
+def waypoint_success_rate(sac: SAC, maze: str, episodes: int, seed: int) -> float:
+    """Fraction of D4RL evaluation episodes (start -> goal, end at the goal) the waypoint-following ant solves."""
+    env = make_env(f"{ANTMAZE_FAMILY}-{maze}")
+    controller = WaypointController(env, _deterministic(sac))
+    successes = 0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + episode)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            obs, _, terminated, truncated, _ = env.step(controller.act(obs, env.goal))
+        successes += int(terminated)
+    env.close()
+    return successes / episodes
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+DATA_ROWS: dict[str, int] = {"paper": 1_000_000, "quick": 100_000, "smoke": 2_000}
+"""Rows of a generated AntMaze dataset per budget (D4RL: 1M, 1000-step episodes)."""
+EPISODE_STEPS = 1000
+ACTION_NOISE = 0.2
+
+
+def collect(kind: str, policy: Callable[[np.ndarray], np.ndarray], rows: int, seed: int) -> dict[str, np.ndarray]:
+    """D4RL's AntMaze data: waypoint-controlled episodes of ``EPISODE_STEPS`` with N(0, 0.2) action noise,
+    starts and goals as the dataset's recipe, rewards relabelled as ||xy' - goal|| <= 0.5, no terminals and a
+    timeout on every episode's last row; ``infos/goal``, ``infos/qpos``, ``infos/qvel`` per row."""
+    recipe = RECIPES[kind]
+    start, goal = EVAL_CELLS[recipe.maze]
+    env = AntMazeD4RL(_base_env(recipe.maze, maze_map(recipe.maze), EPISODE_STEPS), end_at_goal=False)
+    controller = WaypointController(env, policy)
+    free_cells = np.argwhere(controller.free)
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list] = {key: [] for key in ("observations", "actions", "rewards", "infos/goal",
+                                                    "infos/qpos", "infos/qvel")}
+    episode = 0
+    with tqdm(total=rows, desc=f"antmaze-{kind}", unit="row", disable=_NO_PROGRESS) as bar:
+        while len(columns["rewards"]) < rows:
+            options = {"reset_cell": free_cells[rng.integers(len(free_cells))] if recipe.multistart else start,
+                       "goal_cell": free_cells[rng.integers(len(free_cells))] if recipe.multigoal else goal}
+            obs, _ = env.reset(seed=seed * 1_000_003 + episode, options=options)
+            for _ in range(min(EPISODE_STEPS, rows - len(columns["rewards"]))):
+                action = np.clip(controller.act(obs, env.goal) + rng.normal(0.0, ACTION_NOISE, 8), -1.0, 1.0)
+                data = env.unwrapped.data
+                columns["observations"].append(obs)
+                columns["actions"].append(action)
+                columns["infos/goal"].append(env.goal.copy())
+                columns["infos/qpos"].append(data.qpos.copy())
+                columns["infos/qvel"].append(data.qvel.copy())
+                obs, reward, _, _, _ = env.step(action)
+                columns["rewards"].append(reward)
+                bar.update()
+            episode += 1
+    env.close()
+    arrays = {key: np.asarray(value) for key, value in columns.items()}
+    for key in ("observations", "actions", "rewards"):
+        arrays[key] = arrays[key].astype(np.float32)
+    arrays["terminals"] = np.zeros(rows, dtype=bool)
+    arrays["timeouts"] = (np.arange(rows) % EPISODE_STEPS == EPISODE_STEPS - 1) | (np.arange(rows) == rows - 1)
+    return arrays
+
+
+def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = "quick",
+             sac_steps: int | None = None, reacher_dir: str | Path | None = None) -> Path:
+    """Train or load the goal reacher (``reacher_dir``, default ``out_dir``), then write
+    ``<out_dir>/<D4RL file name>`` with the dataset's recipe; returns its path. Metadata records the recipe, the
+    reacher's training steps and waypoint success rate, and the gymnasium-robotics version."""
+    from opt_fast.data.generate import _write_hdf5
+
+    name = parse_dataset_name(dataset_id)
+    if name.family != ANTMAZE_FAMILY:
+        raise ValueError(f"{name.d4rl_id} is not an AntMaze dataset")
+    if budget not in DATA_ROWS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(DATA_ROWS)}")
+    sac, record = train_goal_reacher(reacher_dir or out_dir, seed, budget, sac_steps)
+    arrays = collect(name.kind, _deterministic(sac), DATA_ROWS[budget], seed)
+    metadata = {"dataset": name.d4rl_id, "generator": "opt_fast.antmaze", "seed": seed, "budget": budget,
+                "gymnasium_robotics": gymnasium_robotics_version(), "frame": "gymnasium-robotics",
+                "goal_radius": GOAL_RADIUS, "action_noise": ACTION_NOISE, **asdict(RECIPES[name.kind]),
+                "reacher_steps": record["steps"], "reacher_umaze_success_rate": record["umaze_success_rate"]}
+    path = Path(out_dir) / name.d4rl_filename
+    _write_hdf5(path, arrays, metadata)
+    print(f"{name.d4rl_id}: {len(arrays['rewards']):,} rows, {int(arrays['rewards'].sum()):,} rows at the goal "
+          f"-> {path}")
+    return path

@@ -1,0 +1,334 @@
+"""Run many configurations -- a sweep file's datasets x seeds x variants, or an ablation grid -- on a local process
+pool or a Ray cluster, doing every shared phase once.
+
+Tasks are idempotent. A run lives in the directory named by its config hash (``opt_fast.cli.run_dir_for``); a task
+returns a finished run's ``summary.json`` untouched, resumes an interrupted run from its last checkpoint, and holds
+a file lock on the run directory while it works, so a run is never done twice at once. A task whose worker was lost
+can therefore simply run again: Ray retries it, the local pool re-drives the plan with a new pool.
+
+Reuse. Runs that share their offline phase (``OFFLINE_FIELDS``: dataset, seed, backbone settings) form a group. The
+group's lead -- its OPT run with the largest N_tau -- first runs up to the end of its collection; that stores the
+offline phase (``<dataset>/_offline/offline-<hash>.pt``, keyed by ``OFFLINE_FIELDS``) and the collection's state at
+the N_tau of every other run of the group (``collect-<hash>-<step>.pt``, keyed by ``COLLECT_FIELDS``). Then every
+run of the group, the lead included, starts from those: N_tau = 5000 takes the first 5000 steps of the 25000-step
+collection of the same seed. (A lead that had finished its collection in an earlier sweep stores nothing new; runs
+with an N_tau it did not store then collect on their own.)
+
+On a cluster, the output directory and the datasets must be on a filesystem every node sees, and ``opt_fast`` must
+be importable on every node; ``OPT_FAST_*`` and ``D4RL_DATASET_DIR`` are passed on from the driver's environment.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opt_fast.ablate import AblationSpec, check_overrides, parse_seeds, variant_overrides
+from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config
+from opt_fast.io import read_json
+
+# Keys of a sweep file; see load_sweep.
+_FILE_KEYS = ("datasets", "seeds", "variants", "budget", "n_tau", "n_pretrain", "base")
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed; the others finished (and stay finished when the sweep is run again)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    config: Config
+    stop: str = "done"
+    """Run the phases before this one (``done``: all of them)."""
+    snapshots: tuple[int, ...] = ()
+    """Env steps at which the run's collection stores its state for runs with that N_tau."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs sharing an offline phase: ``prepare`` (the lead up to the end of its collection) first, then ``runs``."""
+
+    prepare: Task
+    runs: tuple[Task, ...]
+
+
+# ------------------------------------------------------------------------------------------ sweep files
+def load_sweep(path: Path) -> AblationSpec:
+    """Read a sweep file (YAML for ``.yaml``/``.yml``, else JSON)::
+
+        datasets: [hopper-medium-replay, walker2d-medium]   # --env names
+        seeds: 0-4                                          # or a list
+        variants: [opt, baseline]                           # names from opt_fast.ablate.VARIANTS, or a mapping
+                                                            #   name -> config overrides ({} for plain OPT)
+        budget: quick                                       # paper | quick | smoke
+        n_tau: [0, 5000, 25000]                             # optional grid; default the budget's values
+        n_pretrain: [0, 50000]
+        base: {hidden: [256, 256]}                          # optional overrides for every run
+
+    A relative ``dataset`` path is taken relative to the file.
+    """
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, ImportError) as err:  # yaml.YAMLError and json.JSONDecodeError are ValueErrors
+        raise ValueError(f"{path}: cannot parse: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with keys {', '.join(_FILE_KEYS)}")
+    unknown = sorted(set(data) - set(_FILE_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {', '.join(_FILE_KEYS)}")
+    for key in ("datasets", "seeds"):
+        if key not in data:
+            raise ValueError(f"{path}: missing {key!r}")
+    datasets = [data["datasets"]] if isinstance(data["datasets"], str) else data["datasets"]
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise ValueError(f"{path}: 'datasets' must be a dataset name or a list of them")
+    seeds = data["seeds"]
+    if isinstance(seeds, (str, int)) and not isinstance(seeds, bool):
+        seeds = parse_seeds(str(seeds))
+    elif not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds):
+        raise ValueError(f"{path}: 'seeds' must be a range such as 0-4 or a list of integers")
+    variants = data.get("variants", ["opt"])
+    if isinstance(variants, list):
+        variants = variant_overrides(variants)
+    elif not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ValueError(f"{path}: 'variants' must be a list of variant names or a mapping name -> overrides")
+    grid = {}
+    for key in ("n_tau", "n_pretrain"):
+        values = data.get(key)
+        if values is not None and (not isinstance(values, list) or not all(type(v) is int for v in values)):
+            raise ValueError(f"{path}: {key!r} must be a list of integers")
+        grid[key] = values
+    base = check_overrides(data.get("base") or {}, f"{path}: base")
+    if isinstance(base.get("dataset"), str):
+        base["dataset"] = os.path.abspath(path.parent / base["dataset"])
+    return AblationSpec(datasets=datasets, seeds=seeds, variants=variants, budget=data.get("budget", "quick"),
+                        base=base, **grid)
+
+
+# ------------------------------------------------------------------------------------------ planning
+def plan(configs: list[Config]) -> list[Group]:
+    """Group the distinct configs by offline phase; each group's lead is its OPT run with the largest N_tau and
+    stores its collection at the N_tau of every other run of the group with the same collection settings."""
+    distinct = {config.digest(): config for config in configs}
+    groups: dict[str, list[Config]] = {}
+    for config in distinct.values():
+        groups.setdefault(config.digest(OFFLINE_FIELDS), []).append(config)
+    planned = []
+    for members in groups.values():
+        with_opt = [c for c in members if c.opt]
+        lead = max(with_opt, key=lambda c: c.n_tau) if with_opt else members[0]
+        shared = lead.digest(COLLECT_FIELDS)
+        # Every other run's N_tau, the lead's own included (its twins with other pre-training settings branch there).
+        steps = sorted({c.n_tau for c in with_opt
+                        if c.n_tau > 0 and c is not lead and c.digest(COLLECT_FIELDS) == shared})
+        planned.append(Group(Task(lead, "pretrain", tuple(steps)), tuple(Task(c) for c in members)))
+    return planned
+
+
+def describe_plan(groups: list[Group], out: Path) -> str:
+    """What a sweep runs and shares, one line per run (``--dry-run``)."""
+    from opt_fast.ablate import describe
+    from opt_fast.cli import run_dir_for
+
+    lines = [f"{sum(len(g.runs) for g in groups)} run(s) in {len(groups)} group(s) sharing an offline phase"]
+    for group in groups:
+        lead = group.prepare
+        stored = f"; its collection stored at env steps {', '.join(map(str, lead.snapshots))}" if lead.snapshots else ""
+        lines.append(f"group (offline phase and collection by {run_dir_for(out, lead.config).name}{stored}):")
+        lines += [f"  {describe(run.config)}, seed {run.config.seed}: {run_dir_for(out, run.config)}"
+                  for run in group.runs]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ one task
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock held while the block runs, released by the OS if the process dies."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
+    """Run one task in ``out``; returns the run's summary (or, for a task that stops early, where it stopped).
+
+    ``threads`` > 0 sets PyTorch's threads (the pool gives each of its workers a share of the cores).
+    """
+    from opt_fast.cli import load_training_data, phase_cache_dir, run_dir_for
+    from opt_fast.pipeline import open_run
+
+    if threads > 0 and task.config.torch_threads == 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_dir = run_dir_for(Path(out), task.config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir / ".lock"):
+        if (run_dir / "summary.json").exists():
+            return read_json(run_dir / "summary.json")
+        trainer = open_run(task.config, run_dir, load_training_data(task.config), resume=True,
+                           cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots)
+        if task.stop == "done":
+            return trainer.run()
+        trainer.run_until(task.stop)
+        return {"run_dir": str(run_dir), "phase": trainer.progress.phase}
+
+
+# ------------------------------------------------------------------------------------------ executors
+Submit = Callable[[Task], Hashable]
+
+
+def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[list[Hashable]], list[Hashable]],
+           result: Callable[[Hashable], dict[str, Any]], lost: tuple[type[BaseException], ...]) -> dict[str, Any]:
+    """Submit every group's prepare task, then its runs once it is done; returns each run directory's summary, in
+    the order of the plan.
+
+    Exceptions of the ``lost`` types (a dead worker) propagate; any other failure is collected and raised at the end
+    as :class:`SweepError`, after the other runs finished.
+    """
+    from opt_fast.cli import run_dir_for
+
+    pending: dict[Hashable, Group | Task] = {submit(group.prepare): group for group in groups}
+    summaries: dict[str, Any] = {}
+    failures: list[str] = []
+    total = sum(len(group.runs) for group in groups)
+    while pending:
+        for handle in wait_any(list(pending)):
+            item = pending.pop(handle)
+            task = item.prepare if isinstance(item, Group) else item
+            try:
+                value = result(handle)
+            except lost:
+                raise
+            except Exception as err:  # any failure of one run: reported with its run directory at the end
+                unstarted = f" ({len(item.runs)} run(s) of its group not started)" if isinstance(item, Group) else ""
+                failures.append(f"{run_dir_for(out, task.config)}: {type(err).__name__}: {err}{unstarted}")
+                continue
+            if isinstance(item, Group):
+                for run in item.runs:
+                    pending[submit(run)] = run
+            else:
+                summaries[str(run_dir_for(out, task.config))] = value
+                print(f"[{len(summaries)}/{total}] {run_dir_for(out, task.config)}: final score "
+                      f"{value.get('final_score')}", file=sys.stderr)
+    if failures:
+        raise SweepError(f"{len(failures)} task(s) failed (finished runs are kept; rerun to retry):\n  "
+                         + "\n  ".join(failures))
+    order = [str(run_dir_for(out, run.config)) for group in groups for run in group.runs]
+    return {run_dir: summaries[run_dir] for run_dir in order}
+
+
+def run_inline(groups: list[Group], out: Path) -> dict[str, Any]:
+    """Run in this process, one task after the other (``--workers 1``)."""
+    outcomes: list[tuple[dict[str, Any] | None, Exception | None]] = []
+
+    def submit(task: Task) -> int:
+        try:
+            outcomes.append((run_task(task, str(out)), None))
+        except Exception as err:  # raised again by result(), where _drive collects failures
+            outcomes.append((None, err))
+        return len(outcomes) - 1
+
+    def result(handle: Hashable) -> dict[str, Any]:
+        assert isinstance(handle, int)
+        value, error = outcomes[handle]
+        if error is not None:
+            raise error
+        assert value is not None
+        return value
+
+    return _drive(groups, out, submit, lambda handles: handles, result, lost=())
+
+
+def _quiet_worker() -> None:
+    os.environ["OPT_FAST_PROGRESS"] = "0"  # many runs at once: one line per finished run instead of progress bars
+
+
+def run_local(groups: list[Group], out: Path, workers: int, retries: int = 2) -> dict[str, Any]:
+    """Run on a pool of ``workers`` processes, each with an equal share of the cores. A pool that loses a worker
+    is replaced and the plan driven again (finished runs return at once, interrupted ones resume)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's thread pools
+    attempt = 0
+    while True:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+            try:
+                return _drive(groups, out, lambda task: pool.submit(run_task, task, str(out), threads),
+                              _wait_futures, _future_result, lost=(BrokenProcessPool,))
+            except BrokenProcessPool:
+                attempt += 1
+                if attempt > retries:
+                    raise
+                print("a worker process died; restarting the pool, interrupted runs resume", file=sys.stderr)
+
+
+def _wait_futures(handles: list[Hashable]) -> list[Hashable]:
+    done, _ = wait(handles, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
+    return list(done)
+
+
+def _future_result(handle: Hashable) -> dict[str, Any]:
+    assert isinstance(handle, Future)
+    return handle.result()
+
+
+def run_ray(groups: list[Group], out: Path, address: str, retries: int = 3) -> dict[str, Any]:
+    """Run on the Ray cluster at ``address`` (as ``ray.init`` takes it: ``HOST:PORT`` of the head from a node of
+    the cluster, ``ray://HOST:10001`` from elsewhere, ``auto``), one CPU and one thread per run. Ray retries the task
+    of a lost worker up to ``retries`` times; the retry resumes the run from its checkpoint."""
+    import ray
+
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith("OPT_FAST_") or k == "D4RL_DATASET_DIR"}
+    ray.init(address=address, runtime_env={"env_vars": {"OPT_FAST_PROGRESS": "0", **forwarded}},
+             log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=retries)(run_task)
+        return _drive(groups, out, lambda task: remote.remote(task, str(out), 1),
+                      lambda handles: ray.wait(handles, num_returns=1)[0], ray.get, lost=())
+    finally:
+        ray.shutdown()
+
+
+def ensure_datasets(configs: list[Config]) -> None:
+    """Load (generating where missing) every dataset once here, before runs on many workers would race to."""
+    from opt_fast.cli import load_training_data
+
+    seen = set()
+    for config in configs:
+        key = (config.env, config.dataset, config.env_version, config.budget)
+        if key not in seen:
+            seen.add(key)
+            load_training_data(config)
+
+
+def run_sweep(configs: list[Config], out: Path, workers: int | None = None,
+              ray_address: str | None = None) -> dict[str, Any]:
+    """Run every config (each once, however often it is listed) with the reuse described in the module notes;
+    returns each run directory's summary. ``workers`` defaults to the number of cores (1: in this process);
+    ``ray_address`` sends the runs to a Ray cluster instead."""
+    out = Path(out).resolve()  # workers may start elsewhere
+    ensure_datasets(configs)
+    groups = plan(configs)
+    if ray_address is not None:
+        return run_ray(groups, out, ray_address)
+    workers = workers or os.cpu_count() or 1
+    return run_inline(groups, out) if workers == 1 else run_local(groups, out, workers)

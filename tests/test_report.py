@@ -1,0 +1,139 @@
+"""Reports: statistics against hand-computed and rliable values, the paper's rows beside ours, and a report of real
+tiny runs whose numbers are checked against the runs' own metrics."""
+import html
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_sweep import TINY, write_tiny_dataset
+
+from opt_fast.ablate import AblationSpec, describe, expand, variant_overrides
+from opt_fast.config import Config
+from opt_fast.report import PAPER_SOURCE, Stat, _final_table, build_report, iqm, mean_ci, stratified_bootstrap_iqm
+from opt_fast.sweep import run_sweep
+
+T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles (two-sided 95%) for 1 and 2 degrees of freedom
+
+
+def test_mean_ci_is_the_student_t_interval():
+    stat = mean_ci([1.0, 2.0, 3.0])
+    assert stat.mean == 2.0 and stat.n == 3
+    assert stat.half_width == pytest.approx(T_975[2] * 1.0 / math.sqrt(3))
+    assert mean_ci([7.0]) == Stat(7.0, None, 1)
+    assert str(stat) == "2.0 ± 2.5 (n=3)"
+    with pytest.raises(ValueError, match="no values"):
+        mean_ci([])
+
+
+def test_iqm_and_its_stratified_bootstrap():
+    assert iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    # Stratified: every resample keeps four runs of each task, so the IQM of {0 x 4, 100 x 4} is always 50; a
+    # bootstrap over the pooled runs would not be constant.
+    assert stratified_bootstrap_iqm([np.zeros(4), np.full(4, 100.0)], reps=500) == (50.0, 50.0, 50.0)
+    # rliable 1.2.0 (get_interval_estimates, aggregate_iqm, 50000 reps) on this 5-run x 3-task matrix gives
+    # 56.667 [48.333, 64.222].
+    scores = np.array([[10., 55., 80.], [20., 60., 95.], [35., 40., 70.], [5., 75., 88.], [50., 45., 99.]])
+    value, low, high = stratified_bootstrap_iqm([scores[:, t] for t in range(3)], reps=50_000)
+    assert value == pytest.approx(56.6667, abs=1e-3)
+    assert low == pytest.approx(48.333, abs=0.5) and high == pytest.approx(64.222, abs=0.5)
+    # Tasks may have different numbers of runs (rliable needs a full matrix).
+    value, low, high = stratified_bootstrap_iqm([np.array([1.0, 2.0, 3.0]), np.array([10.0])], reps=2000)
+    assert low <= value <= high
+    with pytest.raises(ValueError, match="at least one score"):
+        stratified_bootstrap_iqm([np.array([])])
+
+
+def test_paper_rows_sums_and_total_sit_beside_ours():
+    mujoco = [f"{f}-{k}" for f in ("halfcheetah", "hopper", "walker2d") for k in ("random", "medium", "medium-replay")]
+    ours = "TD3+OPT [generated data, reduced budget (quick)]"
+    final = {(d, ours): Stat(float(i), 1.0, 5) for i, d in enumerate(mujoco)}
+    table, totals = _final_table(final, sorted(mujoco), [ours], {ours: "TD3+OPT"}, paper=True)
+    assert table.headers == ["dataset", ours, f"TD3+OPT [{PAPER_SOURCE}]"]
+    rows = {row[0]: row[1:] for row in table.rows}
+    assert rows["hopper-random"] == [str(final[("hopper-random", ours)]), "108.7"]
+    assert rows["hopper-medium-replay"][1] == "n/r"  # the paper gives the three medium-replay rows as a sum
+    replay = sum(final[(d, ours)].mean for d in mujoco if d.endswith("medium-replay"))
+    assert rows["3 x medium-replay (sum)"] == [f"{replay:.1f}", "326.9"]
+    assert totals == {ours: sum(range(9))}
+    assert rows["Total (9)"] == [f"{sum(range(9)):.1f}", "939.1"]
+    # On other datasets than the paper's nine, its total is not shown, and a column lacking a dataset has none.
+    final.pop(("walker2d-random", ours))
+    table, totals = _final_table(final, sorted(mujoco)[:-1] + ["walker2d-expert"], [ours], {ours: "TD3+OPT"}, True)
+    assert totals == {} and table.rows[-1][1:] == ["— (not every dataset)", "— (other datasets)"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two seeds of the baseline and of a 2 x 2 N_tau x N_pretrain grid of OPT on a tiny dataset."""
+    root = tmp_path_factory.mktemp("report")
+    dataset = write_tiny_dataset(root / "hopper_random-v2.hdf5")
+    spec = AblationSpec(datasets=["hopper-random"], seeds=[0, 1], variants=variant_overrides(["opt", "baseline"]),
+                        budget="smoke", n_tau=[0, 40], n_pretrain=[0, 10], base={**TINY, "dataset": str(dataset)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(expand(spec)[0], root / "runs", workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "runs"
+
+
+def test_report_of_real_runs_shows_their_numbers(runs, tmp_path):
+    report = build_report([runs], tmp_path / "report", bootstrap_reps=2000)
+    # The last evaluation of each run, grouped by what the run is, recomputed from metrics.jsonl.
+    finals: dict[str, list[float]] = {}
+    for config_path in runs.rglob("config.json"):
+        config = Config.from_json(json.loads(config_path.read_text()))
+        last = [json.loads(line) for line in (config_path.parent / "metrics.jsonl").read_text().splitlines()][-1]
+        assert last["phase"] == "finetune" and last["online_step"] == 100
+        finals.setdefault(describe(config), []).append(last["score"])
+    assert len(finals) == 5 and all(len(v) == 2 for v in finals.values())
+    source = "generated data, reduced budget (smoke)"
+    assert {column for _, column in report.final} == {f"{label} [{source}]" for label in finals}
+    for label, values in finals.items():
+        stat = report.final[("hopper-random", f"{label} [{source}]")]
+        assert stat.mean == pytest.approx(np.mean(values)) and stat.n == 2
+        assert stat.half_width == pytest.approx(T_975[1] * np.std(values, ddof=1) / math.sqrt(2))
+        # One dataset: the total is its mean; the IQM of two runs trims nothing, so it is their mean too.
+        assert report.totals[f"{label} [{source}]"] == pytest.approx(np.mean(values))
+        value, low, high = report.iqm[f"{label} [{source}]"]
+        assert value == pytest.approx(np.mean(values)) and min(values) <= low <= value <= high <= max(values)
+    [(title, cells)] = report.grids.items()
+    assert title == f"hopper-random: TD3+OPT, N_tau x N_pretrain [{source}]"
+    assert cells[(0, 0)].mean == pytest.approx(np.mean(finals["TD3+OPT N_tau=0, N_pretrain=0"]))
+    assert cells[(0, 10)].mean == pytest.approx(np.mean(finals["TD3+OPT N_tau=0, N_pretrain=10, Q_on on offline data"]))
+    assert cells[(40, 10)].mean == pytest.approx(np.mean(finals["TD3+OPT N_tau=40, N_pretrain=10"]))
+
+    markdown = report.markdown.read_text()
+    td3 = report.final[("hopper-random", f"TD3 [{source}]")]
+    assert f"\n| hopper-random | {td3} | " in markdown  # columns sorted: the baseline's first
+    assert f"TD3 [{PAPER_SOURCE}]" in markdown and "| 86.0 |" in markdown and "| 108.7 |" in markdown
+    page = report.html.read_text()
+    assert page.count("<table>") == 4 and html.escape(str(td3)) in page
+    names = sorted(p.name for p in report.figures)
+    assert names[:2] == ["bias-hopper-random.png", "curves-hopper-random.png"] and names[2].startswith("grid-")
+    for figure in report.figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{figure.name}" in markdown and f'src="figures/{figure.name}"' in page
+
+
+def test_report_lists_unfinished_runs_and_refuses_empty_input(runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        build_report([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        build_report([tmp_path / "empty"], tmp_path / "out")
+    # A copy of one run without its summary counts as unfinished: listed, not counted.
+    one = next(runs.rglob("summary.json")).parent
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (unfinished / name).write_bytes((one / name).read_bytes())
+    with pytest.raises(ValueError, match="none of the 1 run"):
+        build_report([unfinished], tmp_path / "out")
+    report = build_report([one, unfinished], tmp_path / "out", bootstrap_reps=100)
+    markdown = report.markdown.read_text()
+    assert "from 1 finished run(s) (1 unfinished, not counted)" in markdown
+    assert f"| {unfinished.resolve()} |" in markdown and "| unfinished |" in markdown
