@@ -183,7 +183,7 @@ def test_meta_gradient_matches_finite_differences():
             down = value()
             flat[i] = old
             fd = (up - down) / (2 * eps)
-            worst = max(worst, abs(fd - g.view(-1)[i].item()))
+            worst = max(worst, abs(fd - g.reshape(-1)[i].item()))
     assert worst < 1e-6
 
     # The second-order term matters here: dropping it (first-order approximation) changes the gradient.
