@@ -5,7 +5,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.data.generate import GENERATION_BUDGETS, describe_budgets, generate, medium_target
@@ -14,16 +13,6 @@ from opt_fast.io import load_torch
 SMOKE = GENERATION_BUDGETS["smoke"]
 KINDS = ("medium-replay", "medium", "expert", "medium-expert")
 NOT_REACHED = pytest.mark.filterwarnings("ignore:.*did not reach the medium target")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small matmuls gain little from two, and on a shared 2-core machine OpenMP's spinning
-    threads slow each update down by an order of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:

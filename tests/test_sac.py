@@ -13,16 +13,6 @@ from opt_fast.agents.td3 import Batch
 LR = 3e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small matmuls gain little from two, and on a shared 2-core machine OpenMP's spinning
-    threads slow each update down by an order of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _set_constant_outputs(mlp, last_bias) -> None:
     """Zero every weight and bias but the last bias: the MLP then outputs ``last_bias`` for any input."""
     with torch.no_grad():
