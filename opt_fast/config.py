@@ -18,7 +18,8 @@ ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
 class Config:
     # --- what to run -------------------------------------------------------------------------------------
     env: str = "hopper-medium-replay"
-    """Dataset name as D4RL spells it (``walker2d-medium-replay``, ``-v2`` suffix optional)."""
+    """Dataset name as D4RL spells it (``walker2d-medium-replay``, ``door-cloned``, ``antmaze-umaze``; version
+    optional), or a local Minari dataset as ``minari:<id>`` (``minari:D4RL/door/human-v2``)."""
     dataset: str | None = None
     """Explicit path to a D4RL-layout hdf5 file; otherwise ``$D4RL_DATASET_DIR`` then locally generated data."""
     env_version: str = "v5"

@@ -6,21 +6,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from opt_fast import adroit
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.pipeline import get_env_state, open_run, set_env_state
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks gain nothing from a second thread and lose much when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 DAPG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "adroit"
 needs_dapg = pytest.mark.skipif(not (DAPG / adroit.DEMOS_FILE).is_file(), reason="DAPG release not in ../shared/data")

@@ -16,15 +16,6 @@ from opt_fast.data.d4rl import load_dataset
 from opt_fast.pipeline import get_env_state, open_run, set_env_state
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks gain nothing from a second thread and lose much when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("convention,expected", [("minus_one", [-1.0, 0.0]), ("cql", [-2.0, 2.0]),
                                                  ("calql", [-5.0, 5.0]), ("none", [0.0, 1.0])])
 def test_reward_conventions(convention, expected):

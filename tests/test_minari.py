@@ -5,7 +5,6 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 from opt_fast import cli
 from opt_fast.data.minari import load_minari
@@ -20,10 +19,7 @@ from minari.data_collector.episode_buffer import EpisodeBuffer  # noqa: E402
 @pytest.fixture(autouse=True)
 def minari_root(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path / "minari"
-    torch.set_num_threads(threads)
+    return tmp_path / "minari"
 
 
 def box_episodes(lengths, obs_dim=39, act_dim=28, seed=0, terminal_last=False):
