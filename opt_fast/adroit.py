@@ -377,7 +377,7 @@ def generate(dataset_id: str, out_dir: str | Path, data_dir: str | Path | None, 
     ``data_dir`` is the directory of the DAPG release; metadata records the dataset id, the recipe and budget,
     the generator and the gymnasium-robotics version.
     """
-    from opt_fast.data.generate import _write_hdf5
+    from opt_fast.data.generate import write_d4rl_hdf5
 
     name = parse_dataset_name(dataset_id)
     if data_dir is None:
@@ -391,7 +391,7 @@ def generate(dataset_id: str, out_dir: str | Path, data_dir: str | Path | None, 
                     gymnasium_robotics=gymnasium_robotics_version(),
                     normalized_return_mean=float(normalized_score(name.family, returns.mean())))
     path = Path(out_dir) / name.d4rl_filename
-    _write_hdf5(path, arrays, metadata)
+    write_d4rl_hdf5(path, arrays, metadata)
     print(f"{name.d4rl_id}: {len(arrays['rewards']):,} rows, {len(returns)} episodes, return mean "
           f"{returns.mean():.1f}, D4RL-normalised {metadata['normalized_return_mean']:.1f} -> {path}")
     return path

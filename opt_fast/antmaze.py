@@ -468,7 +468,7 @@ def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = 
     """Train or load the goal reacher (``reacher_dir``, default ``out_dir``), then write
     ``<out_dir>/<D4RL file name>`` with the dataset's recipe; returns its path. Metadata records the recipe, the
     reacher's training steps and waypoint success rate, and the gymnasium-robotics version."""
-    from opt_fast.data.generate import _write_hdf5
+    from opt_fast.data.generate import write_d4rl_hdf5
 
     name = parse_dataset_name(dataset_id)
     if name.family != ANTMAZE_FAMILY:
@@ -482,7 +482,7 @@ def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = 
                 "goal_radius": GOAL_RADIUS, "action_noise": ACTION_NOISE, **asdict(RECIPES[name.kind]),
                 "reacher_steps": record["steps"], "reacher_umaze_success_rate": record["umaze_success_rate"]}
     path = Path(out_dir) / name.d4rl_filename
-    _write_hdf5(path, arrays, metadata)
+    write_d4rl_hdf5(path, arrays, metadata)
     print(f"{name.d4rl_id}: {len(arrays['rewards']):,} rows, {int(arrays['rewards'].sum()):,} rows at the goal "
           f"-> {path}")
     return path

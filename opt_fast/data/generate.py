@@ -423,7 +423,7 @@ def _last_episode_end(arrays: dict[str, np.ndarray]) -> int:
     return int(ends[-1]) + 1 if len(ends) else 0
 
 
-def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def write_d4rl_hdf5(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write ``arrays`` and ``metadata/<key>`` datasets to a temporary file, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -542,6 +542,6 @@ def generate(
         behavior_returns=json.dumps(stats),
     )
     path = Path(out_dir) / dataset.d4rl_filename
-    _write_hdf5(path, arrays, meta)
+    write_d4rl_hdf5(path, arrays, meta)
     print(f"{line}\n  -> {path}")
     return path
