@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opt_fast import config as config_module
-from opt_fast.config import BUDGETS, Config, resolve
+from opt_fast.config import BUDGETS, DATA_BUDGET, Config, resolve
 
 # Options with their own, shorter spelling below; every other Config field becomes --field-name.
 _SPECIAL = {"env", "dataset", "seed", "budget", "opt", "compile", "extra"}
@@ -139,17 +139,18 @@ def load_training_data(config: Config, adroit_data: str | None = None):
     real = d4rl_file(name)
     if real is not None:
         return load_dataset(real)
-    generated = generated_path(name, config.env_version, config.budget)
+    data_budget = DATA_BUDGET[config.budget]
+    generated = generated_path(name, config.env_version, data_budget)
     if not generated.exists():
         if name.family == ANTMAZE_FAMILY:
             raise FileNotFoundError(
                 f"no data for {name.d4rl_id}: not in $D4RL_DATASET_DIR nor at {generated}. Make it first with "
-                f"`opt-fast data generate {name.d4rl_id} --budget {config.budget}` (it trains a goal-reaching ant: "
+                f"`opt-fast data generate {name.d4rl_id} --budget {data_budget}` (it trains a goal-reaching ant: "
                 f"hours on a CPU), or use Minari's copy: --env minari:D4RL/antmaze/{name.kind}-v1")
         print(f"notice: no D4RL file for {name.d4rl_id} in $D4RL_DATASET_DIR; generating it locally with D4RL's "
-              f"recipe (budget {config.budget}) into {generated.parent}. Scores on it are labelled 'generated', "
+              f"recipe (budget {data_budget}) into {generated.parent}. Scores on it are labelled 'generated', "
               f"not D4RL.", file=sys.stderr)
-        generate_data(name, generated.parent, 0, config.budget, config.env_version, adroit_data)
+        generate_data(name, generated.parent, 0, data_budget, config.env_version, adroit_data)
     return load_dataset(generated)
 
 
@@ -223,7 +224,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     target = Path(args.name)
     if not target.exists():
         name = parse_dataset_name(args.name)
-        candidates = [d4rl_file(name)] + [generated_path(name, "v5", b) for b in BUDGETS]
+        candidates = [d4rl_file(name)] + [generated_path(name, "v5", b) for b in sorted(set(DATA_BUDGET.values()))]
         found = [p for p in candidates if p is not None and p.exists()]
         if not found:
             raise FileNotFoundError(f"no file for {name.d4rl_id}: looked in $D4RL_DATASET_DIR and "
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="make a dataset with D4RL's recipe: MuJoCo (SAC behaviour policy), Adroit (DAPG policies "
         "and door demonstrations), AntMaze (goal-reaching ant + waypoints; resumable)")
     generate.add_argument("name", help="dataset name, e.g. hopper-medium-replay")
-    generate.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="generation size (default quick)")
+    generate.add_argument("--budget", choices=sorted(set(DATA_BUDGET.values())), default="quick", help="generation size (default quick)")
     generate.add_argument("--seed", type=int, default=0, help="seed of the behaviour-policy training (default 0)")
     generate.add_argument("--env-version", default="v5", help="gymnasium MuJoCo version (default v5)")
     generate.add_argument("--out", default=None, help="directory to write to (default $OPT_FAST_DATA_DIR/...)")

@@ -167,14 +167,27 @@ BUDGETS: dict[str, dict[str, int]] = {
     # included) fits in 30 minutes.
     "quick": dict(offline_steps=20_000, n_tau=2_000, n_pretrain=4_000, online_steps=10_000,
                   eval_every=2_000, eval_episodes=5, checkpoint_every=5_000, vae_steps=5_000),
+    # The committed results' budget (results/): a 2-core CPU finishes 9 datasets x 5 seeds x {TD3, TD3+OPT} in
+    # about an hour (an OPT fine-tuning env step at UTD 5 costs ~0.1 s of a core).
+    "cpu": dict(offline_steps=2_500, n_tau=250, n_pretrain=500, online_steps=1_000,
+                eval_every=250, eval_episodes=5, checkpoint_every=500, vae_steps=500),
     "smoke": dict(offline_steps=200, n_tau=100, n_pretrain=50, online_steps=300,
                   eval_every=100, eval_episodes=1, checkpoint_every=100, vae_steps=50),
 }
 
+# The generation budget (opt_fast.data.generate.GENERATION_BUDGETS and Adroit's, AntMaze's) of the data a training
+# budget makes when no dataset file is found.
+DATA_BUDGET: dict[str, str] = {"paper": "paper", "quick": "quick", "cpu": "quick", "smoke": "smoke"}
+
 # A SPOT step costs several MuJoCo TD3+BC steps on a CPU (the 750-750 VAE runs inside every actor loss, LayerNorm,
-# UTD 1 but 200-1000-step evaluation episodes), so the SPOT families' quick budget is smaller; the VAE keeps its size.
-SPOT_QUICK_BUDGET: dict[str, int] = dict(offline_steps=5_000, vae_steps=1_000, n_tau=1_000, n_pretrain=1_000,
-                                         online_steps=5_000, eval_every=1_000, eval_episodes=5, checkpoint_every=1_000)
+# UTD 1 but 200-1000-step evaluation episodes), so the SPOT families' reduced budgets are smaller; the VAE keeps its
+# size.
+SPOT_BUDGETS: dict[str, dict[str, int]] = {
+    "quick": dict(offline_steps=5_000, vae_steps=1_000, n_tau=1_000, n_pretrain=1_000, online_steps=5_000,
+                  eval_every=1_000, eval_episodes=5, checkpoint_every=1_000),
+    "cpu": dict(offline_steps=1_500, vae_steps=500, n_tau=250, n_pretrain=250, online_steps=1_000,
+                eval_every=250, eval_episodes=5, checkpoint_every=500),
+}
 
 # kappa schedules (OPT.md §3.4), keyed by dataset kind: (start, end, ramp in env steps at the paper budget).
 # medium-expert and expert are not in the paper; they take medium's schedule (narrow, good-quality data, as
@@ -221,8 +234,8 @@ def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str, family: 
     values = base.to_json()
     values.update(BUDGETS[budget])
     values.update(FAMILY_PRESETS.get(family or "", {}))
-    if budget == "quick" and values["backbone"] == "spot":
-        values.update(SPOT_QUICK_BUDGET)
+    if values["backbone"] == "spot":
+        values.update(SPOT_BUDGETS.get(budget, {}))
     if family == ANTMAZE_FAMILY and dataset_kind in ANTMAZE_LAMBDA:
         values["spot_lambda"] = ANTMAZE_LAMBDA[dataset_kind]
     schedule = ADROIT_KAPPA if family in ADROIT_FAMILIES else KAPPA_PRESETS.get(dataset_kind)

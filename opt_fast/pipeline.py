@@ -299,7 +299,12 @@ class Trainer:
             "data_source": self.dataset.source,
             "variant": self.config.backbone.upper() + ("+OPT" if self.config.opt else ""),
             "reference_scores": list(self.ref_scores),
+            "dataset_path": str(self.dataset.path),
+            "dataset_metadata": {key: value for key, value in self.dataset.metadata.items()
+                                 if isinstance(value, (str, int, float, bool))},
             "env_packages": env_package_versions(self.family),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "seed": self.config.seed,
             "budget": self.config.budget,
             "final_score": p.phase_scores.get("finetune"),

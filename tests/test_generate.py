@@ -145,6 +145,21 @@ def test_same_seed_same_files_other_seed_differs(hopper, tmp_path):
     assert not np.array_equal(other["observations"][:n], hopper[1]["medium-replay"]["observations"][:n])
 
 
+def test_a_finished_file_is_kept_and_another_seed_is_not(hopper, monkeypatch, capsys):
+    out = hopper[0]
+    before = (out / "hopper_medium-v2.hdf5").stat().st_mtime_ns
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the SAC run was opened again")
+
+    monkeypatch.setattr("opt_fast.data.generate._SACRun", must_not_run)
+    assert generate("hopper-medium", out, budget=SMOKE) == out / "hopper_medium-v2.hdf5"
+    assert "exists (same dataset, env, seed and budget): kept" in capsys.readouterr().out
+    assert (out / "hopper_medium-v2.hdf5").stat().st_mtime_ns == before
+    with pytest.raises(AssertionError, match="opened again"):
+        generate("hopper-medium", out, seed=3, budget=SMOKE)
+
+
 class _Interrupt(Exception):
     pass
 

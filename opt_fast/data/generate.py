@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig, TanhGaussianActor
 from opt_fast.agents.td3 import Batch
+from opt_fast.data.d4rl import read_metadata
 from opt_fast.data.names import MUJOCO_FAMILIES, parse_dataset_name
 from opt_fast.data.scores import REF_SCORES, normalized_score
 from opt_fast.envs import env_dims, env_id, make_env
@@ -503,6 +504,21 @@ def _sac_dataset(run: _SACRun, kind: str, dataset_id: str) -> tuple[dict[str, np
     return parts[0], meta
 
 
+def _budget_settings(plan: GenerationBudget) -> str:
+    return json.dumps(dataclasses.asdict(plan), sort_keys=True)
+
+
+def _made_by(path: Path, dataset_id: str, gym_id: str, seed: int, plan: GenerationBudget) -> bool:
+    """Whether ``path`` is a finished generation of this very request (files are written atomically, so an
+    existing one is complete)."""
+    if not path.exists():
+        return False
+    meta = read_metadata(path)
+    return (meta.get("generator") == "opt-fast" and meta.get("dataset_id") == dataset_id
+            and meta.get("env_id") == gym_id and meta.get("seed") == seed
+            and meta.get("budget_settings") == _budget_settings(plan))
+
+
 def generate(
     name: str,
     out_dir: Path,
@@ -516,7 +532,8 @@ def generate(
 
     The SAC run's state lives in ``<out_dir>/_work/<family>-<env_version>-seed<seed>-<budget>/`` and is shared by
     the family's datasets; an interrupted run resumes from its last checkpoint. ``on_checkpoint(step)`` is called
-    after every checkpoint. ``torch.set_num_threads`` is left to the caller.
+    after every checkpoint. A file this very request (dataset, env, seed, budget) made before is kept as it is.
+    ``torch.set_num_threads`` is left to the caller.
     """
     dataset = parse_dataset_name(name)
     if dataset.family not in MUJOCO_FAMILIES or dataset.kind not in DATASET_KINDS:
@@ -527,6 +544,10 @@ def generate(
                          f"{dataset.family}-{dataset.kind}-v2")
     family, plan = dataset.family, _resolve_budget(budget)
     gym_id = env_id(family, env_version)  # a bad version fails here, before any work
+    path = Path(out_dir) / dataset.d4rl_filename
+    if _made_by(path, dataset.d4rl_id, gym_id, seed, plan):
+        print(f"{path} exists (same dataset, env, seed and budget): kept")
+        return path
     if dataset.kind == "random":
         arrays, meta = _random_dataset(family, env_version, seed, plan), {"algorithm": "uniform random actions"}
     else:
@@ -538,10 +559,10 @@ def generate(
     versions = _package_versions()
     meta.update(
         generator="opt-fast", generator_version=versions["opt-fast"], env_id=gym_id, env_version=env_version,
-        dataset_id=dataset.d4rl_id, seed=seed, budget=plan.name, package_versions=json.dumps(versions, sort_keys=True),
+        dataset_id=dataset.d4rl_id, seed=seed, budget=plan.name, budget_settings=_budget_settings(plan),
+        package_versions=json.dumps(versions, sort_keys=True),
         behavior_returns=json.dumps(stats),
     )
-    path = Path(out_dir) / dataset.d4rl_filename
     write_d4rl_hdf5(path, arrays, meta)
     print(f"{line}\n  -> {path}")
     return path
