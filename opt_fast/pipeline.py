@@ -11,6 +11,7 @@ every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, whe
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Collection
@@ -305,6 +306,7 @@ class Trainer:
             "env_packages": env_package_versions(self.family),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "code": code_version(),
             "seed": self.config.seed,
             "budget": self.config.budget,
             "final_score": p.phase_scores.get("finetune"),
@@ -479,6 +481,21 @@ def env_package_versions(family: str) -> dict[str, str]:
     if family in ADROIT_FAMILIES or family == ANTMAZE_FAMILY:
         packages.append("gymnasium-robotics")
     return {package: importlib_metadata.version(package) for package in packages}
+
+
+def code_version() -> str:
+    """opt-fast's version, and the git commit of its source tree when it runs from a checkout (``+dirty`` when the
+    tree has uncommitted changes), for every result's provenance."""
+    version = importlib_metadata.version("opt-fast")
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version} ({commit}{'+dirty' if dirty else ''})"
 
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
