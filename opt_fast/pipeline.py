@@ -11,6 +11,7 @@ every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, whe
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -307,6 +308,7 @@ class Trainer:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "code": code_version(),
+            "machine": machine_description(),
             "seed": self.config.seed,
             "budget": self.config.budget,
             "final_score": p.phase_scores.get("finetune"),
@@ -481,6 +483,24 @@ def env_package_versions(family: str) -> dict[str, str]:
     if family in ADROIT_FAMILIES or family == ANTMAZE_FAMILY:
         packages.append("gymnasium-robotics")
     return {package: importlib_metadata.version(package) for package in packages}
+
+
+def machine_description() -> str:
+    """CPU model, core count, memory and OS of this machine (and its GPU, when one is visible)."""
+    cpu = platform.processor() or platform.machine()
+    memory = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        total_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal"))
+        memory = f", {total_kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{memory}{gpu}; {platform.system()} {platform.release()}"
 
 
 def code_version() -> str:
