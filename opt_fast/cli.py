@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -311,15 +312,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.report:
         from opt_fast.report import build_report
 
-        print(build_report([Path(p) for p in summaries], Path(args.report)).markdown)
+        print(build_report([Path(p) for p in summaries], Path(args.report), command=_command_line()).markdown)
     return 0
+
+
+def _command_line() -> str:
+    """This invocation as typed (program name shortened to ``opt-fast``), for the provenance of what it writes."""
+    return " ".join(["opt-fast", *map(shlex.quote, sys.argv[1:])])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from opt_fast.report import build_report
 
     report = build_report([Path(p) for p in args.runs], Path(args.out), paper=not args.no_paper,
-                          bootstrap_reps=args.bootstrap_reps)
+                          bootstrap_reps=args.bootstrap_reps, command=_command_line())
     print(report.markdown)
     print(report.html)
     return 0

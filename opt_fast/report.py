@@ -337,8 +337,10 @@ def _heatmap(cells: dict[tuple[int, int], Stat], title: str, path: Path) -> Path
 
 
 # ------------------------------------------------------------------------------------------ the report
-def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap_reps: int = 10_000) -> Report:
-    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the runs at or below ``paths``."""
+def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap_reps: int = 10_000,
+                 command: str | None = None) -> Report:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the runs at or below ``paths``;
+    ``command``, the command line that asked for the report, is quoted in its provenance."""
     out = Path(out)
     runs = find_runs(paths)
     finished = [run for run in runs if run.summary is not None and run.summary.get("final_score") is not None]
@@ -382,11 +384,62 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
         sections.append(("Ablation grids: final score by N_tau and N_pretrain", grid_items))
     sections.append(("Learning curves", [score for score, _ in curves]))
     sections.append(("Value-estimation bias of Q_off and Q_on", [bias for _, bias in curves]))
+    sections.append(("Provenance", _provenance(finished, command)))
     sections.append(("Runs", [run_table]))
     markdown_path, html_path = out / "report.md", out / "report.html"
     _write_pages(markdown_path, html_path, intro, sections)
     figures = [item for item in grid_items if isinstance(item, Path)] + [png for pair in curves for png in pair]
     return Report(markdown_path, html_path, final, totals, iqms, grids, figures)
+
+
+# Config fields that size a protocol: the provenance lists each distinct combination.
+_PROTOCOL_FIELDS = ("backbone", "offline_steps", "vae_steps", "n_tau", "n_pretrain", "online_steps", "utd",
+                    "batch_size", "eval_every", "eval_episodes", "env_version")
+# Dataset metadata worth quoting (written by opt-fast's generators).
+_DATA_FIELDS = ("generator", "budget", "seed", "env_id", "medium_target_reached", "medium_policy_step", "recipe",
+                "gymnasium_robotics")
+
+
+def _provenance(finished: list[Run], command: str | None) -> list[Table | str]:
+    """How the numbers were made, from the runs' own records: command, code, packages, machine, protocol sizes,
+    seeds, data files and wall time."""
+    def distinct(key: str) -> str:
+        values = sorted({str(run.summary.get(key, "not recorded")) for run in finished})
+        return "; ".join(values)
+
+    items: list[Table | str] = []
+    if command:
+        items.append(f"Report command: `{command}`")
+    packages = sorted({f"{name} {version}" for run in finished
+                       for name, version in run.summary.get("env_packages", {}).items()})
+    items += [
+        f"Code: {distinct('code')}",
+        f"Packages: torch {distinct('torch')}; " + "; ".join(packages),
+        f"Machine: {distinct('machine')}; torch threads per run: {distinct('torch_threads')}",
+        "Seeds: " + ", ".join(str(s) for s in sorted({run.config.seed for run in finished})),
+    ]
+    protocols = sorted({tuple(str(getattr(run.config, f)) for f in _PROTOCOL_FIELDS) + (run.config.budget,)
+                        for run in finished})
+    items.append(Table([*_PROTOCOL_FIELDS, "budget"], [list(p) for p in protocols]))
+    data_rows = {}
+    for run in finished:
+        meta = run.summary.get("dataset_metadata", {})
+        data_rows[run.summary.get("dataset_path", run.dataset)] = [
+            run.summary.get("dataset_path", "not recorded"), run.summary["data_source"],
+            ", ".join(f"{key}={meta[key]}" for key in _DATA_FIELDS if key in meta)]
+    items.append(Table(["data file", "source", "metadata"], [data_rows[key] for key in sorted(data_rows)]))
+    seconds: dict[str, dict[str, list[float]]] = {}
+    for run in finished:
+        for phase, value in run.summary.get("phase_seconds", {}).items():
+            seconds.setdefault(method_name(run.config), {}).setdefault(phase, []).append(value)
+    phases = ("offline", "collect", "pretrain", "finetune")
+    items.append("Wall time per run and phase, seconds (mean over runs; a run that took its offline phase from the "
+                 "shared cache counts the run that computed it):")
+    items.append(Table(["method", *phases, "runs"],
+                       [[method, *(f"{np.mean(by_phase[p]):.0f}" if p in by_phase else "—" for p in phases),
+                         str(max(len(v) for v in by_phase.values()))]
+                        for method, by_phase in sorted(seconds.items())]))
+    return items
 
 
 def _iqm_table(scores: dict[tuple[str, str], list[float]], datasets: list[str], columns: list[str],

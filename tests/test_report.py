@@ -111,12 +111,27 @@ def test_report_of_real_runs_shows_their_numbers(runs, tmp_path):
     assert f"\n| hopper-random | {td3} | " in markdown  # columns sorted: the baseline's first
     assert f"TD3 [{PAPER_SOURCE}]" in markdown and "| 86.0 |" in markdown and "| 108.7 |" in markdown
     page = report.html.read_text()
-    assert page.count("<table>") == 4 and html.escape(str(td3)) in page
+    assert page.count("<table>") == 7 and html.escape(str(td3)) in page
     names = sorted(p.name for p in report.figures)
     assert names[:2] == ["bias-hopper-random.png", "curves-hopper-random.png"] and names[2].startswith("grid-")
     for figure in report.figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{figure.name}" in markdown and f'src="figures/{figure.name}"' in page
+
+
+def test_provenance_comes_from_the_runs_own_records(runs, tmp_path):
+    report = build_report([runs], tmp_path / "report", bootstrap_reps=100, command="opt-fast report runs --out x")
+    provenance = report.markdown.read_text().split("## Provenance")[1].split("## Runs")[0]
+    summary = json.loads(next(runs.rglob("summary.json")).read_text())
+    assert "Report command: `opt-fast report runs --out x`" in provenance
+    assert f"Code: {summary['code']}" in provenance and summary["code"].startswith("0.1.0")
+    assert f"Machine: {summary['machine']}; torch threads per run: 1" in provenance
+    assert "Seeds: 0, 1" in provenance and "torch " + torch.__version__ in provenance
+    # The protocol sizes: a row per N_tau x N_pretrain cell and one for the baseline (the budget's N_tau), and
+    # the dataset file with its generator metadata.
+    assert "| td3 | 40 | 50 | 40 | 10 | 100 | 2 | 16 |" in provenance and provenance.count("| td3 |") == 5
+    assert f"| {summary['dataset_path']} | generated |" in provenance
+    assert "| TD3+OPT |" in provenance and "| TD3 |" in provenance
 
 
 def test_report_lists_unfinished_runs_and_refuses_empty_input(runs, tmp_path):
