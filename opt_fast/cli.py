@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         return cmd_data(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
         print(f"opt-fast: error: {err}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
+from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 
 ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
 """AntMaze training-reward conventions (``Config.antmaze_reward``), applied by :mod:`opt_fast.antmaze`."""
@@ -36,6 +36,9 @@ class Config:
     device: str = "cpu"
     critic_backend: str = "auto"
     """How critics are evaluated: ``torch``, ``triton`` (fused kernels) or ``auto`` (triton on CUDA)."""
+    env_backend: str = "gymnasium"
+    """Simulator of online collection and evaluation: ``gymnasium`` (MuJoCo's C engine, the reference) or ``mjx``
+    (mujoco-mjx on JAX's default device; hopper, walker2d, halfcheetah, ant; ``pip install 'opt-fast[mjx]'``)."""
     torch_threads: int = 0
     """``torch.set_num_threads``; 0 leaves PyTorch's default."""
 
@@ -143,9 +146,13 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+ENV_BACKENDS = ("gymnasium", "mjx")
+MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
+"""The families ``opt_fast.mjx_envs`` simulates."""
+
 # Fields that determine the offline phase's result: runs sharing them share its checkpoint.
 OFFLINE_FIELDS = (
-    "env", "dataset", "env_version", "eval_every", "eval_episodes", "seed", "offline_steps", "hidden", "actor_lr",
+    "env", "dataset", "env_version", "env_backend", "eval_every", "eval_episodes", "seed", "offline_steps", "hidden", "actor_lr",
     "critic_lr", "batch_size", "gamma", "tau",
     "policy_noise", "noise_clip", "policy_delay", "bc_alpha", "device",
     "backbone", "spot_lambda", "vae_steps", "vae_hidden", "vae_lr", "vae_beta", "layer_norm", "actor_init",
@@ -273,6 +280,11 @@ def validate(config: Config) -> None:
         raise ValueError(f"--pretrain-data must be both|offline|online, got {config.pretrain_data!r}")
     if config.kappa_ramp_from not in ("n_tau", "zero"):
         raise ValueError(f"--kappa-ramp-from must be 'n_tau' or 'zero', got {config.kappa_ramp_from!r}")
+    if config.env_backend not in ENV_BACKENDS:
+        raise ValueError(f"--env-backend must be one of {', '.join(ENV_BACKENDS)}, got {config.env_backend!r}")
+    if config.env_backend == "mjx" and parse_task(config.env).family not in MJX_FAMILIES:
+        raise ValueError(f"--env-backend mjx simulates {', '.join(MJX_FAMILIES)}; {config.env} runs on "
+                         "--env-backend gymnasium")
     if config.backbone not in ("td3", "spot"):
         raise ValueError(f"--backbone must be 'td3' or 'spot', got {config.backbone!r}")
     if config.backbone == "td3" and (config.layer_norm or config.actor_init or config.critic_init):

@@ -529,6 +529,65 @@ class MJXVecEnv(VecEnv):
         return self._to_torch(data.qpos).clone(), self._to_torch(data.qvel).clone()
 
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue these envs exactly: physics, episode steps, PRNG keys."""
+        state = self._state._replace(key=jax.random.key_data(self._state.key))
+        return {"leaves": [np.asarray(leaf) for leaf in jax.tree.leaves(state)], "started": self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._precision():
+            template = self._state._replace(key=jax.random.key_data(self._state.key))
+            leaves = jax.tree.leaves(template)
+            if len(state["leaves"]) != len(leaves) or any(
+                    saved.shape != leaf.shape for saved, leaf in zip(state["leaves"], leaves)):
+                raise ValueError(f"MJX env state of another shape than this {self.family} x {self.num_envs}")
+            restored = jax.tree.unflatten(jax.tree.structure(template),
+                                          [jax.device_put(saved, self._jax_device) for saved in state["leaves"]])
+            self._state = restored._replace(key=jax.random.wrap_key_data(restored.key))
+        self._started = state["started"]
+
+
+class MJXGymEnv:
+    """One MJX env behind gymnasium's ``reset``/``step`` API with numpy in and out: the trainer's online and
+    evaluation env under ``--env-backend mjx``, driven by the same code as the gymnasium env.
+
+    MJX restarts an env inside the step that ends its episode; the next ``reset()`` without a seed hands out that
+    new episode's first observation, so the episodes follow the env's own PRNG stream as gymnasium's follow its
+    ``np_random``. ``reset(seed=...)`` restarts the stream.
+    """
+
+    def __init__(self, family: str, version: str = "v5", seed: int = 0, precision: str = "float32"):
+        self._vec = MJXVecEnv(family, 1, version, seed, precision=precision)
+        self._restarted: np.ndarray | None = None
+        """First observation of the episode the last step's auto-reset began; None when no episode has ended."""
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        if seed is None and self._restarted is not None:
+            obs = self._restarted
+        else:
+            obs = self._vec.reset(seed)[0].cpu().numpy()
+        self._restarted = None
+        return obs, {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        actions = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self._vec.device).reshape(1, -1)
+        result = self._vec.step(actions)
+        terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
+        if terminated or truncated:
+            self._restarted = result.obs[0].cpu().numpy()
+        return result.final_obs[0].cpu().numpy(), float(result.reward[0]), terminated, truncated, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vec": self._vec.state_dict(), "restarted": self._restarted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._vec.load_state_dict(state["vec"])
+        self._restarted = state["restarted"]
+
+    def close(self) -> None:
+        self._vec.close()
+
+
 def make_vec_env(family: str, num_envs: int, backend: str = "gymnasium", version: str = "v5", seed: int = 0,
                  ant_obs: str = "d4rl") -> VecEnv:
     """B envs of ``family`` on ``backend`` (``gymnasium``: CPU, the reference; ``mjx``: JAX's default device)."""

@@ -88,8 +88,8 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
 
-        self.env = envs.make_env(env_name, config.env_version, seed=config.seed)
-        self.eval_env = envs.make_env(env_name, config.env_version, seed=config.seed)
+        self.env = make_env(env_name, config)
+        self.eval_env = make_env(env_name, config)
         obs_dim, act_dim = envs.env_dims(env_name, config.env_version)
         check_env_compatible(dataset, obs_dim, act_dim)
 
@@ -454,9 +454,24 @@ def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
     return wrapper
 
 
-def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
-    """A mid-episode MuJoCo env's full state: physics, step count within the episode, and its RNG; plus, for
-    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets)."""
+def make_env(name: str, config: Config):
+    """The online (or evaluation) env of ``name`` on ``config.env_backend``, seeded with the run's seed."""
+    if config.env_backend == "mjx":
+        try:
+            from opt_fast.mjx_envs import MJXGymEnv
+        except ImportError as err:
+            raise ImportError(f"--env-backend mjx needs mujoco-mjx and jax ({err}): pip install 'opt-fast[mjx]'") \
+                from err
+        return MJXGymEnv(name, config.env_version, seed=config.seed)
+    return envs.make_env(name, config.env_version, seed=config.seed)
+
+
+def get_env_state(env) -> dict[str, Any]:
+    """A mid-episode env's full state. MuJoCo's: physics, step count within the episode, and its RNG; plus, for
+    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets). An
+    MJX env's: its own ``state_dict``."""
+    if not isinstance(env, gymnasium.Env):
+        return {"mjx": env.state_dict()}
     sim = env.unwrapped
     physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
     mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
@@ -465,7 +480,10 @@ def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
             "task": env.task_state() if hasattr(env, "task_state") else None}
 
 
-def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
+def set_env_state(env, state: dict[str, Any]) -> None:
+    if "mjx" in state:
+        env.load_state_dict(state["mjx"])
+        return
     env.reset()  # marks the env as reset for gymnasium's order checks; everything is overwritten below
     sim = env.unwrapped
     mujoco.mj_setState(sim.model, sim.data, state["physics"], _MUJOCO_STATE)

@@ -1,0 +1,73 @@
+"""``--env-backend mjx``: the trainer collects and evaluates on MJX through the same code as on gymnasium."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco.mjx")
+
+from opt_fast.config import Config, resolve  # noqa: E402
+from opt_fast.mjx_envs import MJXGymEnv  # noqa: E402
+from opt_fast.pipeline import open_run  # noqa: E402
+from test_pipeline import dataset, final_params, run_with_interrupt, tiny_config  # noqa: E402,F401
+
+
+def rollout(env: MJXGymEnv, actions: np.ndarray) -> list[tuple]:
+    """Steps with ``actions``, resetting (unseeded) where an episode ends, as the trainer does."""
+    steps = []
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+        steps.append((obs, reward, terminated, truncated))
+    return steps
+
+
+def test_single_env_api_episodes_and_state_round_trip():
+    env = MJXGymEnv("hopper", seed=0)
+    first, _ = env.reset(seed=5)
+    assert first.shape == (11,) and first.dtype == np.float32
+    again, _ = MJXGymEnv("hopper", seed=1).reset(seed=5)
+    np.testing.assert_array_equal(first, again)
+    # Full-throttle actions make the hopper fall within a few dozen steps: the episode ends as terminated and the
+    # next reset() hands out the auto-reset's fresh start (near the initial pose: noise of 5e-3).
+    actions = np.tile(np.array([1.0, -1.0, 1.0], np.float32), (120, 1))
+    steps = rollout(env, actions)
+    ends = [i for i, (_, _, terminated, _) in enumerate(steps) if terminated]
+    assert ends and not any(truncated for *_, truncated in steps)
+    restarted = steps[ends[0]][0]
+    np.testing.assert_allclose(restarted[:5], first[:5], atol=2e-2)
+    assert not np.array_equal(restarted, first)  # a new noise draw from the env's own stream
+
+    # A mid-episode state restores into a fresh env and continues exactly.
+    env.reset(seed=9)
+    rollout(env, actions[:7])
+    state = env.state_dict()
+    later = np.random.default_rng(0).uniform(-1, 1, (60, 3)).astype(np.float32)
+    expected = rollout(env, later)
+    other = MJXGymEnv("hopper", seed=123)
+    other.load_state_dict(state)
+    for (obs, reward, term, trunc), (obs2, reward2, term2, trunc2) in zip(expected, rollout(other, later)):
+        np.testing.assert_array_equal(obs, obs2)
+        assert (reward, term, trunc) == (reward2, term2, trunc2)
+    with pytest.raises(ValueError, match="another shape"):
+        MJXGymEnv("walker2d").load_state_dict(state)
+
+
+def test_mjx_run_resumes_to_the_same_result(tmp_path, dataset):  # noqa: F811
+    config = tiny_config(env_backend="mjx")
+    whole = open_run(config, tmp_path / "whole", dataset, resume=False)
+    summary = whole.run()
+    assert summary["online_steps"] == 100 and np.isfinite(summary["final_score"])
+    resumed = run_with_interrupt(config, tmp_path / "resumed", dataset, "finetune", "online_step", 60)
+    for name, value in final_params(whole).items():
+        torch.testing.assert_close(final_params(resumed)[name], value, rtol=0, atol=0, msg=name)
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
+    # The backend is part of the offline phase's identity: gymnasium runs never reuse an MJX offline phase.
+    assert config.digest() != tiny_config().digest()
+
+
+def test_mjx_backend_is_refused_where_it_has_no_env():
+    with pytest.raises(ValueError, match="--env-backend mjx simulates hopper, walker2d, halfcheetah, ant"):
+        resolve(Config(budget="smoke"), {"env": "door-cloned", "env_backend": "mjx"}, "cloned", "door")
+    with pytest.raises(ValueError, match="--env-backend must be one of gymnasium, mjx, got 'brax'"):
+        resolve(Config(budget="smoke"), {"env": "hopper-random", "env_backend": "brax"}, "random")
