@@ -53,6 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default=s, help=f"{docs['env']} (default {defaults.env})")
     parser.add_argument("--dataset", default=s, metavar="PATH", help=docs["dataset"])
     parser.add_argument("--seed", type=int, default=s, help="random seed (default 0)")
+    parser.add_argument("--seeds", default=None, metavar="SEEDS",
+                        help="several seeds, e.g. 0-2 or 0,3,5: each seed's run has its own directory, metrics and "
+                        "checkpoints; the table shows the mean ± 95%% CI over seeds")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=s,
                         help=f"{docs['budget']} (default {defaults.budget}); phase lengths: "
                         + "; ".join(f"{k}: {v}" for k, v in BUDGETS.items()))
@@ -183,31 +186,49 @@ def train(config: Config, out: Path, resume: bool, adroit_data: str | None = Non
     return trainer.run()
 
 
-def format_table(summaries: list[dict[str, Any]]) -> str:
+def format_table(variants: list[list[dict[str, Any]]]) -> str:
+    """One row per variant: its score at the end of each phase, the mean ± 95% CI over its seeds' summaries when
+    there are several."""
+    from opt_fast.report import mean_ci
+
     phases = ["offline", "collect", "pretrain", "finetune"]
-    header = "| variant | data | " + " | ".join(f"after {p}" for p in phases) + " |"
-    lines = [header, "|" + "---|" * (len(phases) + 2)]
-    for s in summaries:
-        cells = [f"{s['phase_scores'][p]:.1f}" if p in s["phase_scores"] else "-" for p in phases]
-        lines.append(f"| {s['variant']} | {s['dataset']} | " + " | ".join(cells) + " |")
+    header = "| variant | data | seeds | " + " | ".join(f"after {p}" for p in phases) + " |"
+    lines = [header, "|" + "---|" * (len(phases) + 3)]
+    for summaries in variants:
+        cells = []
+        for phase in phases:
+            scores = [s["phase_scores"][phase] for s in summaries if phase in s["phase_scores"]]
+            stat = mean_ci(scores) if scores else None
+            cells.append("-" if stat is None else f"{stat.mean:.1f}" + (
+                f" ± {stat.half_width:.1f}" if stat.half_width is not None else ""))
+        first = summaries[0]
+        seeds = ",".join(str(s["seed"]) for s in summaries)
+        lines.append(f"| {first['variant']} | {first['dataset']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from opt_fast.ablate import parse_seeds
+
     base = Config()
+    if args.seeds is not None and "seed" in overrides:
+        raise ValueError("give --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [overrides.get("seed", base.seed)]
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
-    summaries = {}
-    for use_opt in variants:
-        config = resolve_for(base, {**overrides, "opt": use_opt})
-        summaries[use_opt] = train(config, Path(args.out), args.resume, args.adroit_data)
-    # Show the other variant too when an earlier run of it (same settings otherwise) has finished.
+    summaries: dict[bool, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        for use_opt in variants:
+            config = resolve_for(base, {**overrides, "seed": seed, "opt": use_opt})
+            summaries.setdefault(use_opt, []).append(train(config, Path(args.out), args.resume, args.adroit_data))
+    # Show the other variant too when earlier runs of it (same settings otherwise) have finished for every seed.
     for use_opt in {True, False} - set(summaries):
-        sibling = run_dir_for(Path(args.out), resolve_for(base, {**overrides, "opt": use_opt})) / "summary.json"
-        if sibling.exists():
-            summaries[use_opt] = json.loads(sibling.read_text())
+        siblings = [run_dir_for(Path(args.out), resolve_for(base, {**overrides, "seed": seed, "opt": use_opt}))
+                    / "summary.json" for seed in seeds]
+        if all(path.exists() for path in siblings):
+            summaries[use_opt] = [json.loads(path.read_text()) for path in siblings]
     ordered = [summaries[k] for k in (False, True) if k in summaries]
     print("\nD4RL-normalised score of the deterministic policy at the end of each phase "
-          f"(data: {ordered[0]['data_source']}):")
+          f"(data: {ordered[0][0]['data_source']}):")
     print(format_table(ordered))
     return 0
 

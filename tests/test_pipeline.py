@@ -114,3 +114,25 @@ def test_config_mismatch_on_resume_is_refused(tmp_path, dataset):
     open_run(tiny_config(), tmp_path / "run", dataset, resume=False)
     with pytest.raises(ValueError, match="differs"):
         open_run(tiny_config(seed=3), tmp_path / "run", dataset, resume=True)
+
+
+def test_cli_seeds_runs_every_seed_and_shows_mean_and_ci(tmp_path, dataset, capsys):
+    from opt_fast import cli
+
+    tiny = ["--offline-steps", "40", "--n-tau", "40", "--n-pretrain", "10", "--online-steps", "100", "--eval-every",
+            "20", "--eval-episodes", "1", "--checkpoint-every", "15", "--hidden", "16,16", "--batch-size", "16",
+            "--utd", "2"]
+    args = ["train", "--env", "hopper-random", "--dataset", str(dataset.path), "--budget", "smoke", "--compare",
+            "--out", str(tmp_path / "runs"), *tiny]
+    assert cli.main([*args, "--seeds", "0-1"]) == 0
+    table = capsys.readouterr().out
+    for variant, prefix in (("TD3", "td3"), ("TD3+OPT", "opt")):
+        summaries = [json.loads(p.read_text()) for p in sorted(
+            (tmp_path / "runs" / "hopper-random-v2").glob(f"{prefix}-smoke-seed*/summary.json"))]
+        assert [s["seed"] for s in summaries] == [0, 1]
+        finals = [s["final_score"] for s in summaries]
+        half_width = 12.7062 * np.std(finals, ddof=1) / np.sqrt(2)  # Student t, 1 degree of freedom
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} |"))
+        assert row.endswith(f"| {np.mean(finals):.1f} ± {half_width:.1f} |") and "| 0,1 |" in row
+    assert cli.main([*args, "--seed", "1", "--seeds", "0-1"]) == 2
+    assert "give --seed or --seeds, not both" in capsys.readouterr().err
