@@ -1,7 +1,6 @@
 """The four phases on a tiny budget: every file written, and an interrupted run resumes to the same result."""
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.pipeline import Trainer, open_run
+from test_sweep import write_tiny_dataset
 
 TINY = dict(offline_steps=40, n_tau=40, n_pretrain=10, online_steps=100, eval_every=20, eval_episodes=1,
             checkpoint_every=15, hidden=(16, 16), batch_size=16, utd=2)
@@ -17,16 +17,7 @@ TINY = dict(offline_steps=40, n_tau=40, n_pretrain=10, online_steps=100, eval_ev
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A small random dataset in D4RL's layout with hopper's sizes."""
-    path = tmp_path_factory.mktemp("data") / "hopper_random-v2.hdf5"
-    rng = np.random.default_rng(0)
-    n = 600
-    with h5py.File(path, "w") as f:
-        f["observations"] = rng.normal(size=(n, 11)).astype(np.float32)
-        f["actions"] = rng.uniform(-1, 1, size=(n, 3)).astype(np.float32)
-        f["rewards"] = rng.normal(size=n).astype(np.float32)
-        f["terminals"] = np.arange(n) % 97 == 96
-        f["timeouts"] = np.zeros(n, dtype=bool)
-    return load_dataset(path)
+    return load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("data") / "hopper_random-v2.hdf5"))
 
 
 def tiny_config(**overrides) -> Config:
