@@ -12,8 +12,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, compile_loss, detached, members, optimizer_step, td_losses, td_target
-from opt_fast.agents.spot import SPOT, network_options
+from opt_fast.agents.spot import SPOT
+from opt_fast.agents.td3 import (TD3, Batch, compile_loss, detached, members, network_options, optimizer_step, td_losses,
+                                 td_target)
 from opt_fast.config import Config, online_discount
 from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, polyak_update, q_values, stack_params
 

@@ -7,28 +7,17 @@ Online, the same loss runs on OPT's kappa-mixed critic with lam cooled towards `
 """
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import torch
 from torch import nn
 
 from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_loss, detached, members, optimizer_step
 from opt_fast.config import Config
-from opt_fast.networks import Critic, DeterministicActor, EnsembleMLP, adam, ensemble_forward, q_values
+from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, q_values
 
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0
 """The encoder's log-std is clamped to this range (numerical stability, as SPOT and BCQ)."""
 SAMPLE_LATENT_CLIP = 0.5
 """Latents drawn from the prior are clipped to [-0.5, 0.5] when sampling actions (BCQ's decoder)."""
-
-
-def network_options(config: Config, last_layer_init: float) -> dict[str, Any]:
-    """EnsembleMLP options of an actor or critic: hidden sizes, LayerNorm, last-layer init (0 = PyTorch default).
-
-    OPT's Q_on uses the critic's options, so it has Q_off's architecture on either backbone.
-    """
-    return dict(hidden=config.hidden, layer_norm=config.layer_norm, last_layer_init=last_layer_init or None)
 
 
 class BehaviourVAE(nn.Module):
@@ -72,24 +61,14 @@ def spot_actor_loss(q: torch.Tensor, nelbo: torch.Tensor, lam: torch.Tensor | fl
 
 
 class SPOT(TD3):
-    """Actor, twin critic Q_off, targets and optimizers as TD3, plus the behaviour VAE and SPOT's actor loss.
-
-    ``TD3.__init__`` builds plain networks; SPOT's carry LayerNorm and last-layer init options, so SPOT builds
-    its own and reuses the rest of TD3 (critic loss, target updates, optimizer resets, checkpoint lists).
-    """
+    """Actor, twin critic Q_off, targets and optimizers as TD3 (with the config's LayerNorm and last-layer init),
+    plus the behaviour VAE and SPOT's actor loss."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: Config):
-        self.config = config
-        self.device = torch.device(config.device)
-        self.actor = DeterministicActor(obs_dim, act_dim, **network_options(config, config.actor_init)).to(self.device)
-        self.critic = Critic(obs_dim, act_dim, n_heads=2, **network_options(config, config.critic_init)).to(self.device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        super().__init__(obs_dim, act_dim, config)
         self.vae = BehaviourVAE(obs_dim, act_dim, config.vae_hidden).to(self.device)
         # The VAE trains only during its own stage, so its optimizer is never reset.
         self.vae_opt = adam(self.vae.parameters(), config.vae_lr)
-        self.reset_optimizers()
-        self.critic_loss = self._critic_loss
         self.vae_loss = self._vae_loss
         self.offline_actor_loss = self._offline_actor_loss
 

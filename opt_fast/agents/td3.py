@@ -9,6 +9,7 @@ import copy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,14 +75,22 @@ def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], ba
     return -lam * q.mean() + (pi - batch.action).pow(2).mean()
 
 
+def network_options(config: Config, last_layer_init: float) -> dict[str, Any]:
+    """EnsembleMLP options of an actor or critic: hidden sizes, LayerNorm, last-layer init (0 = PyTorch default).
+
+    OPT's Q_on uses the critic's options, so it has Q_off's architecture on either backbone.
+    """
+    return dict(hidden=config.hidden, layer_norm=config.layer_norm, last_layer_init=last_layer_init or None)
+
+
 class TD3:
     """Actor, twin critic Q_off, their target networks and optimizers; TD3+BC offline updates."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: Config):
         self.config = config
         self.device = torch.device(config.device)
-        self.actor = DeterministicActor(obs_dim, act_dim, hidden=config.hidden).to(self.device)
-        self.critic = Critic(obs_dim, act_dim, n_heads=2, hidden=config.hidden).to(self.device)
+        self.actor = DeterministicActor(obs_dim, act_dim, **network_options(config, config.actor_init)).to(self.device)
+        self.critic = Critic(obs_dim, act_dim, n_heads=2, **network_options(config, config.critic_init)).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.reset_optimizers()
