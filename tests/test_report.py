@@ -3,6 +3,7 @@ tiny runs whose numbers are checked against the runs' own metrics."""
 import html
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -132,6 +133,20 @@ def test_provenance_comes_from_the_runs_own_records(runs, tmp_path):
     assert "| td3 | 40 | 50 | 40 | 10 | 100 | 2 | 16 |" in provenance and provenance.count("| td3 |") == 5
     assert f"| {summary['dataset_path']} | generated |" in provenance
     assert "| TD3+OPT |" in provenance and "| TD3 |" in provenance
+
+
+def test_a_dataset_without_bias_measurements_gets_a_note_instead_of_a_figure(runs, tmp_path):
+    """As Adroit: 200-step evaluation episodes leave no step with a reliable Monte-Carlo return."""
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    for metrics in copy.rglob("metrics.jsonl"):
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        metrics.write_text("".join(json.dumps({k: v for k, v in r.items() if not k.endswith(("_bias", "_q"))
+                                               and k != "mc_return"}) + "\n" for r in records))
+    report = build_report([copy], tmp_path / "report", bootstrap_reps=100)
+    markdown = report.markdown.read_text()
+    assert "hopper-random: no value-estimation bias. Every evaluation episode was cut" in markdown
+    assert not any(p.name.startswith("bias-") for p in report.figures) and "curves-hopper-random.png" in markdown
 
 
 def test_report_lists_unfinished_runs_and_refuses_empty_input(runs, tmp_path):
