@@ -526,6 +526,8 @@ def code_version() -> str:
     tree has uncommitted changes), for every result's provenance."""
     version = importlib_metadata.version("opt-fast")
     source = Path(__file__).resolve().parent.parent
+    if not (source / "pyproject.toml").exists():  # an installed copy: any enclosing repository is not its source
+        return version
     try:
         commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()
