@@ -24,9 +24,9 @@ for family in hopper walker2d halfcheetah; do
   opt-fast ablate --env $family-random,$family-medium,$family-medium-replay --variants opt,baseline \
     --seeds 0-4 --budget cpu --workers $workers --out $runs/mujoco
 done
-# N_tau x N_pretrain on hopper-medium-replay, 5 seeds, in the same run root: the default cell (250, 500) and
+# N_tau x N_pretrain on hopper-medium-replay, 5 seeds, in the same run root: the default cell (100, 500) and
 # every offline phase are the runs above; shorter collections branch from the longest one.
-opt-fast ablate --env hopper-medium-replay --n-tau 100,250 --n-pretrain 0,500 --seeds 0-4 --budget cpu \
+opt-fast ablate --env hopper-medium-replay --n-tau 50,100,200 --n-pretrain 0,500 --seeds 0-4 --budget cpu \
   --workers $workers --out $runs/mujoco
 # SPOT vs SPOT+OPT on Adroit door, 3 seeds (a SPOT step costs several TD3 steps on a CPU).
 opt-fast ablate --env door-expert,door-cloned --variants opt,baseline --seeds 0-2 --budget cpu \
