@@ -131,9 +131,8 @@ def expand(spec: AblationSpec) -> tuple[list[Config], list[str]]:
         raise ValueError(f"budget: unknown budget {spec.budget!r}; choose one of {sorted(BUDGETS)}")
     base = check_overrides(spec.base, "settings of every run (--set, or base in a sweep file)")
     variants = {name: check_overrides(overrides, f"variant {name!r}") for name, overrides in spec.variants.items()}
-    budget = BUDGETS[spec.budget]
-    cells = [(n_tau, n_pretrain) for n_tau in spec.n_tau or [base.get("n_tau", budget["n_tau"])]
-             for n_pretrain in spec.n_pretrain or [base.get("n_pretrain", budget["n_pretrain"])]]
+    # Without a grid, each dataset keeps its own preset (the SPOT families' budgets differ from MuJoCo's).
+    cells = [(n_tau, n_pretrain) for n_tau in spec.n_tau or [None] for n_pretrain in spec.n_pretrain or [None]]
     configs: dict[str, Config] = {}
     skipped: list[str] = []
 
@@ -152,9 +151,14 @@ def expand(spec: AblationSpec) -> tuple[list[Config], list[str]]:
                     add(env, {**common, **overrides}, f"{env} seed {seed} {name}")
                     continue
                 for n_tau, n_pretrain in cells:
-                    what = f"{env} seed {seed} {name} N_tau={n_tau} N_pretrain={n_pretrain}"
-                    values = {**common, "n_tau": n_tau, "n_pretrain": n_pretrain, **overrides}
-                    if values["n_tau"] == 0 and values["n_pretrain"] > 0:
+                    grid = {key: value for key, value in (("n_tau", n_tau), ("n_pretrain", n_pretrain))
+                            if value is not None}
+                    what = f"{env} seed {seed} {name}" + "".join(
+                        f" {label}={value}" for label, value in (("N_tau", n_tau), ("N_pretrain", n_pretrain))
+                        if value is not None)
+                    values = {**common, **grid, **overrides}
+                    # Every budget's own N_tau is positive, so only an explicit N_tau = 0 meets this rule.
+                    if values.get("n_tau") == 0 and values.get("n_pretrain", 1) > 0:
                         if values.get("pretrain_data", "both") == "online":
                             skipped.append(f"{what}: N_tau=0 leaves no online data to pre-train Q_on on")
                             continue

@@ -165,3 +165,15 @@ def test_a_killed_run_resumes_and_a_finished_one_is_never_run_again(tmp_path, da
     again = run_sweep(configs, tmp_path / "runs", workers=1)
     assert again == summaries
     assert json.loads((victim_dir / "summary.json").read_text()) == summaries[str(victim_dir)]
+
+
+def test_without_a_grid_each_dataset_keeps_its_own_preset():
+    """The SPOT families' budgets differ from MuJoCo's: door at the cpu budget pre-trains Q_on 250 updates."""
+    spec = AblationSpec(datasets=["door-cloned", "hopper-medium"], seeds=[0], variants=variant_overrides(["opt"]),
+                        budget="cpu")
+    configs, skipped = expand(spec)
+    by_env = {config.env: config for config in configs}
+    assert not skipped and set(by_env) == {"door-cloned", "hopper-medium"}
+    assert (by_env["door-cloned"].n_tau, by_env["door-cloned"].n_pretrain) == (100, 250)
+    assert (by_env["hopper-medium"].n_tau, by_env["hopper-medium"].n_pretrain) == (100, 500)
+    assert [describe(config) for config in configs] == ["SPOT+OPT", "TD3+OPT"]

@@ -28,8 +28,8 @@ done
 # every offline phase are the runs above; shorter collections branch from the longest one.
 opt-fast ablate --env hopper-medium-replay --n-tau 50,100,200 --n-pretrain 0,500 --seeds 0-4 --budget cpu \
   --workers $workers --out $runs/mujoco
-# SPOT vs SPOT+OPT on Adroit door, 3 seeds (a SPOT step costs several TD3 steps on a CPU).
-opt-fast ablate --env door-expert,door-cloned --variants opt,baseline --seeds 0-2 --budget cpu \
+# SPOT vs SPOT+OPT on Adroit door, 5 seeds.
+opt-fast ablate --env door-expert,door-cloned --variants opt,baseline --seeds 0-4 --budget cpu \
   --workers $workers --out $runs/door
 
 for part in mujoco door; do
