@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
               f"Machine: {machine_description()}", *device_lines(), f"Code: {code_version()}",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               f"pytest exit status: {code} (1 = some target missed; see the table)"]
-    text = render(bench, tests, header, "python benchmarks/report.py " + " ".join(argv))
+    text = render(bench, tests, header, " ".join(["python benchmarks/report.py", *argv]))
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"wrote {out}")
     return 0 if code in (0, 1) else code
