@@ -467,7 +467,8 @@ def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = 
              sac_steps: int | None = None, reacher_dir: str | Path | None = None) -> Path:
     """Train or load the goal reacher (``reacher_dir``, default ``out_dir``), then write
     ``<out_dir>/<D4RL file name>`` with the dataset's recipe; returns its path. Metadata records the recipe, the
-    reacher's training steps and waypoint success rate, and the gymnasium-robotics version."""
+    reacher's training steps and waypoint success rate, and the gymnasium-robotics version. A reacher that solves
+    no umaze episode writes nothing (``ValueError``)."""
     from opt_fast.data.generate import write_d4rl_hdf5
 
     name = parse_dataset_name(dataset_id)
@@ -476,6 +477,11 @@ def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = 
     if budget not in DATA_ROWS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(DATA_ROWS)}")
     sac, record = train_goal_reacher(reacher_dir or out_dir, seed, budget, sac_steps)
+    if record["umaze_success_rate"] == 0.0:
+        # D4RL's AntMaze data come from an ant that reaches its waypoints; a failing one gives no such data.
+        raise ValueError(f"{name.d4rl_id}: the goal-reaching ant ({record['steps']:,} SAC steps) solves no umaze "
+                         f"episode by following waypoints, so its data would not be D4RL's; train it longer with "
+                         f"--policy-steps N (it resumes from {Path(reacher_dir or out_dir)})")
     arrays = collect(name.kind, _deterministic(sac), DATA_ROWS[budget], seed)
     metadata = {"dataset": name.d4rl_id, "generator": "opt_fast.antmaze", "seed": seed, "budget": budget,
                 "gymnasium_robotics": gymnasium_robotics_version(), "frame": "gymnasium-robotics",

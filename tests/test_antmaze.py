@@ -169,3 +169,12 @@ def test_trainer_runs_on_antmaze_with_transformed_rewards(tmp_path, small_umaze)
         assert record["score"] == 100.0 * record["return_mean"] and record["return_mean"] in (0.0, 1.0)
     online = trainer.online_buffer.gather(np.arange(trainer.online_buffer.size))["reward"]
     assert set(np.unique(online)) <= {-1.0, 0.0}
+
+
+def test_a_reacher_that_never_reaches_the_goal_writes_no_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(antmaze, "train_goal_reacher",
+                        lambda *args: (None, {"steps": 400_154, "umaze_success_rate": 0.0}))
+    with pytest.raises(ValueError, match=r"antmaze-umaze-v2: the goal-reaching ant \(400,154 SAC steps\) solves no "
+                                         r"umaze episode.*--policy-steps N"):
+        antmaze.generate("antmaze-umaze", tmp_path, budget="smoke")
+    assert not list(tmp_path.iterdir())
