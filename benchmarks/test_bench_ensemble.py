@@ -46,12 +46,12 @@ def problem() -> dict[str, Any]:
     obs, action = torch.randn(BATCH, OBS_DIM), torch.randn(BATCH, ACT_DIM)
     dq = torch.randn(N_MEMBERS, BATCH)
 
-    def ensemble_step() -> torch.Tensor:
+    def ensemble_step() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         params = list(ensemble.parameters())
         q = q_values(ensemble.layer_params(), obs, action)
         return q, torch.autograd.grad(q, params, dq)
 
-    def separate_step() -> torch.Tensor:
+    def separate_step() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         params = [p for module in modules for p in module.parameters()]
         inputs = torch.cat([obs, action], dim=-1)
         q = torch.stack([module(inputs).squeeze(-1) for module in modules])

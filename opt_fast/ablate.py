@@ -151,12 +151,10 @@ def expand(spec: AblationSpec) -> tuple[list[Config], list[str]]:
                     add(env, {**common, **overrides}, f"{env} seed {seed} {name}")
                     continue
                 for n_tau, n_pretrain in cells:
-                    grid = {key: value for key, value in (("n_tau", n_tau), ("n_pretrain", n_pretrain))
-                            if value is not None}
-                    what = f"{env} seed {seed} {name}" + "".join(
-                        f" {label}={value}" for label, value in (("N_tau", n_tau), ("N_pretrain", n_pretrain))
-                        if value is not None)
-                    values = {**common, **grid, **overrides}
+                    chosen = [(key, label, value) for key, label, value in
+                              (("n_tau", "N_tau", n_tau), ("n_pretrain", "N_pretrain", n_pretrain)) if value is not None]
+                    what = f"{env} seed {seed} {name}" + "".join(f" {label}={value}" for _, label, value in chosen)
+                    values = {**common, **{key: value for key, _, value in chosen}, **overrides}
                     # Every budget's own N_tau is positive, so only an explicit N_tau = 0 meets this rule.
                     if values.get("n_tau") == 0 and values.get("n_pretrain", 1) > 0:
                         if values.get("pretrain_data", "both") == "online":
