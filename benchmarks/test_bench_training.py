@@ -194,7 +194,7 @@ def finetuning_trainer(data: dict[str, np.ndarray], run_dir: Path, compile: bool
         data["observations"], data["actions"], data["next_observations"], data["rewards"], data["terminals"],
         path=Path("random-hopper-rows"), source="generated", name=parse_dataset_name("hopper-random"),
     )
-    trainer = Trainer(bench_config(compile=compile), run_dir, offline)
+    trainer = Trainer([bench_config(compile=compile)], [run_dir], offline)
     trainer.agent.start_finetuning()
     for _ in range(trainer.config.batch_size):
         trainer._env_step()
@@ -250,12 +250,9 @@ def measure(benchmark: Any, group: str, side: str, fn: Callable[[], None], round
 @pytest.mark.benchmark(group=OFFLINE)
 def test_offline_opt_fast(benchmark: Any, eager_trainer: Trainer) -> None:
     trainer, steps = eager_trainer, iter(range(10**9))
-    buffer = trainer.offline_buffer
 
     def update() -> None:
-        trainer.agent.backbone.offline_update(
-            trainer._sample(buffer, buffer.sample_uniform(trainer.config.batch_size)), next(steps)
-        )
+        trainer.agent.backbone.offline_update(trainer._sample_uniform("offline"), next(steps))
 
     measure(benchmark, OFFLINE, "opt_fast", update, rounds=100)
 

@@ -54,8 +54,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=s, metavar="PATH", help=docs["dataset"])
     parser.add_argument("--seed", type=int, default=s, help="random seed (default 0)")
     parser.add_argument("--seeds", default=None, metavar="SEEDS",
-                        help="several seeds, e.g. 0-2 or 0,3,5: each seed's run has its own directory, metrics and "
-                        "checkpoints; the table shows the mean ± 95%% CI over seeds")
+                        help="several seeds, e.g. 0-2 or 0,3,5, trained together with the seed as a batch dimension "
+                        "(one batched network call and one env step for all seeds); each seed's run has its own "
+                        "directory, metrics and checkpoints; the table shows the mean ± 95%% CI over seeds")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=s,
                         help=f"{docs['budget']} (default {defaults.budget}); phase lengths: "
                         + "; ".join(f"{k}: {v}" for k, v in BUDGETS.items()))
@@ -176,13 +177,15 @@ def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adr
     return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)
 
 
-def train(config: Config, out: Path, resume: bool, adroit_data: str | None = None) -> dict[str, Any]:
-    from opt_fast.pipeline import open_run
+def train(configs: list[Config], out: Path, resume: bool, adroit_data: str | None = None) -> list[dict[str, Any]]:
+    """Train one run, or several seeds as one batch (configs that differ only in the seed); each seed's summary."""
+    from opt_fast.pipeline import open_seed_batch
 
-    dataset = load_training_data(config, adroit_data)
-    run_dir = run_dir_for(out, config)
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    trainer = open_run(config, run_dir, dataset, resume, cache_dir=phase_cache_dir(run_dir))
+    dataset = load_training_data(configs[0], adroit_data)
+    run_dirs = [run_dir_for(out, config) for config in configs]
+    for run_dir in run_dirs:
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    trainer = open_seed_batch(configs, run_dirs, dataset, resume, cache_dir=phase_cache_dir(run_dirs[0]))
     return trainer.run()
 
 
@@ -214,16 +217,19 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.seeds is not None and "seed" in overrides:
         raise ValueError("give --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [overrides.get("seed", base.seed)]
+    # Several seeds train as one batch: seed_batch names them (a run of its own has none).
+    seed_batch = tuple(seeds) if len(seeds) > 1 else ()
+
+    def configs(use_opt: bool) -> list[Config]:
+        return [resolve_for(base, {**overrides, "seed": seed, "seed_batch": seed_batch, "opt": use_opt})
+                for seed in seeds]
+
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
-    summaries: dict[bool, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for use_opt in variants:
-            config = resolve_for(base, {**overrides, "seed": seed, "opt": use_opt})
-            summaries.setdefault(use_opt, []).append(train(config, Path(args.out), args.resume, args.adroit_data))
+    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, args.adroit_data)
+                 for use_opt in variants}
     # Show the other variant too when earlier runs of it (same settings otherwise) have finished for every seed.
     for use_opt in {True, False} - set(summaries):
-        siblings = [run_dir_for(Path(args.out), resolve_for(base, {**overrides, "seed": seed, "opt": use_opt}))
-                    / "summary.json" for seed in seeds]
+        siblings = [run_dir_for(Path(args.out), config) / "summary.json" for config in configs(use_opt)]
         if all(path.exists() for path in siblings):
             summaries[use_opt] = [json.loads(path.read_text()) for path in siblings]
     ordered = [summaries[k] for k in (False, True) if k in summaries]

@@ -25,6 +25,9 @@ class Config:
     env_version: str = "v5"
     """Gymnasium MuJoCo version of the online/evaluation env (v5 default; v4 selectable)."""
     seed: int = 0
+    seed_batch: tuple[int, ...] = ()
+    """The seeds trained with this one as a batch dimension in one process (``--seeds``), ``()`` for a run of its
+    own. The batch shares one stream of torch noise, so a seed's result depends on its batch."""
     budget: str = "quick"
     """Protocol size: ``paper`` (1M offline + 300k online), ``quick`` (2-core machine), ``smoke`` (tests)."""
     opt: bool = True
@@ -133,7 +136,7 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(names)}")
         data = dict(data)
-        for key in ("hidden", "vae_hidden"):
+        for key in ("hidden", "vae_hidden", "seed_batch"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -142,6 +145,8 @@ class Config:
         """A short stable hash of the given fields (all but bookkeeping ones by default)."""
         values = self.to_json()
         keys = fields if fields is not None else sorted(set(values) - {"extra", "compile", "torch_threads"})
+        if not values["seed_batch"]:  # runs of their own keep the identity they had before seed batches existed
+            keys = [k for k in keys if k != "seed_batch"]
         blob = json.dumps({k: values[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -152,8 +157,8 @@ MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
 
 # Fields that determine the offline phase's result: runs sharing them share its checkpoint.
 OFFLINE_FIELDS = (
-    "env", "dataset", "env_version", "env_backend", "eval_every", "eval_episodes", "seed", "offline_steps", "hidden", "actor_lr",
-    "critic_lr", "batch_size", "gamma", "tau",
+    "env", "dataset", "env_version", "env_backend", "eval_every", "eval_episodes", "seed", "seed_batch",
+    "offline_steps", "hidden", "actor_lr", "critic_lr", "batch_size", "gamma", "tau",
     "policy_noise", "noise_clip", "policy_delay", "bc_alpha", "device",
     "backbone", "spot_lambda", "vae_steps", "vae_hidden", "vae_lr", "vae_beta", "layer_norm", "actor_init",
     "critic_init", "antmaze_reward",

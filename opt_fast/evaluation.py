@@ -8,7 +8,6 @@ import gymnasium
 import numpy as np
 import torch
 
-from opt_fast.networks import Critic
 
 # Seeds of evaluation episodes live far from training seeds, so the eval env never replays a training episode.
 EVAL_SEED_OFFSET = 1_000_003
@@ -42,13 +41,14 @@ def evaluate(
     env: gymnasium.Env,
     episodes: int,
     seed: int,
-    critics: Sequence[tuple[str, Critic]] = (),
+    critics: Sequence[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = (),
     gamma: float = 0.99,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Roll out the deterministic policy for ``episodes`` episodes of a separately seeded env.
 
-    Returns the mean/std return and, for each named critic, the mean Q_1(s_t, a_t) over the visited steps with a
+    ``critics`` are named functions Q_1(s, a) -> [B]. Returns the mean/std return and, for each named critic, the
+    mean Q_1(s_t, a_t) over the visited steps with a
     reliable Monte-Carlo return, next to the mean of those returns (``<name>_q``, ``mc_return``, ``<name>_bias``).
     """
     episode_returns, all_obs, all_actions, all_mc = [], [], [], []
@@ -76,7 +76,7 @@ def evaluate(
         mc = float(np.mean(all_mc))
         result["mc_return"] = mc
         for name, critic in critics:
-            q = float(critic(obs_t, act_t)[0].mean())
+            q = float(critic(obs_t, act_t).mean())
             result[f"{name}_q"] = q
             result[f"{name}_bias"] = q - mc
     return result

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -454,8 +454,8 @@ class MJXVecEnv(VecEnv):
     against gymnasium; observations and rewards are float32 either way.
     """
 
-    def __init__(self, family: str, num_envs: int, version: str = "v5", seed: int = 0, ant_obs: str = "d4rl",
-                 precision: str = "float32"):
+    def __init__(self, family: str, num_envs: int, version: str = "v5", seed: int | Sequence[int] = 0,
+                 ant_obs: str = "d4rl", precision: str = "float32"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if precision not in PRECISIONS:
@@ -482,7 +482,7 @@ class MJXVecEnv(VecEnv):
                                  jnp.asarray(_ANT_CONTACT_COST_WEIGHT if contact_cost else 0.0))
             data = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_envs, *x.shape)), mjx.make_data(self._model))
             self._state = _State(data, jnp.zeros(num_envs, data.qpos.dtype), jnp.zeros(num_envs, jnp.int32),
-                                 jax.random.split(jax.random.key(seed), num_envs))
+                                 self._keys(seed))
             self._jax_device = data.qpos.devices().pop()
             self.device = torch.from_dlpack(jnp.zeros(1)).device
         self._started = False
@@ -491,15 +491,25 @@ class MJXVecEnv(VecEnv):
         """JAX's x64 switch for every call: it decides the dtype of arrays and the compiled code."""
         return jax.enable_x64(self._x64)
 
+    def _keys(self, seed: int | Sequence[int]) -> jax.Array:
+        """Per-env PRNG keys: env i of ``seed`` is ``split(key(seed), B)[i]``; with one seed per env, env i is what a
+        one-env batch of ``seed[i]`` has, so each row of a seed-batched run continues its one-seed run's stream."""
+        if isinstance(seed, int):
+            return jax.random.split(jax.random.key(seed), self.num_envs)
+        if len(seed) != self.num_envs:
+            raise ValueError(f"{len(seed)} seeds for {self.num_envs} envs")
+        return jnp.concatenate([jax.random.split(jax.random.key(s), 1) for s in seed])
+
     def _to_torch(self, array: jax.Array) -> torch.Tensor:
         return torch.from_dlpack(array)
 
     def _from_torch(self, tensor: torch.Tensor, dtype: torch.dtype) -> jax.Array:
         return jax.dlpack.from_dlpack(tensor.detach().to(dtype).contiguous(), device=self._jax_device)
 
-    def reset(self, seed: int | None = None) -> torch.Tensor:
+    def reset(self, seed: int | Sequence[int] | None = None) -> torch.Tensor:
+        """All envs start a new episode; ``seed`` (one, or one per env: see ``_keys``) restarts the noise streams."""
         with self._precision():
-            keys = self._state.key if seed is None else jax.random.split(jax.random.key(seed), self.num_envs)
+            keys = self._state.key if seed is None else self._keys(seed)
             keys, qpos, qvel = _sample_batch(self._model, keys, self.family)
             self._state, obs = _restart_batch(self._state._replace(key=keys), qpos, qvel, self.family, self._tail)
         self._started = True
@@ -529,63 +539,107 @@ class MJXVecEnv(VecEnv):
         return self._to_torch(data.qpos).clone(), self._to_torch(data.qvel).clone()
 
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue these envs exactly: physics, episode steps, PRNG keys."""
+    def state_dict(self, rows: slice = slice(None)) -> dict[str, Any]:
+        """Everything a resumed run needs to continue these envs (or the envs ``rows``) exactly: physics, episode
+        steps, PRNG keys. Row i's state is the state of a one-env batch."""
         state = self._state._replace(key=jax.random.key_data(self._state.key))
-        return {"leaves": [np.asarray(leaf) for leaf in jax.tree.leaves(state)], "started": self._started}
+        return {"leaves": [np.asarray(leaf[rows]) for leaf in jax.tree.leaves(state)], "started": self._started}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], rows: slice = slice(None)) -> None:
+        """Restore every env, or the envs ``rows`` from their :meth:`state_dict`."""
         with self._precision():
             template = self._state._replace(key=jax.random.key_data(self._state.key))
             leaves = jax.tree.leaves(template)
             if len(state["leaves"]) != len(leaves) or any(
-                    saved.shape != leaf.shape for saved, leaf in zip(state["leaves"], leaves)):
-                raise ValueError(f"MJX env state of another shape than this {self.family} x {self.num_envs}")
-            restored = jax.tree.unflatten(jax.tree.structure(template),
-                                          [jax.device_put(saved, self._jax_device) for saved in state["leaves"]])
+                    saved.shape != leaf[rows].shape for saved, leaf in zip(state["leaves"], leaves)):
+                raise ValueError(f"MJX env state of another shape than rows {rows} of this {self.family} x "
+                                 f"{self.num_envs}")
+            restored = [leaf.at[rows].set(jax.device_put(saved, self._jax_device))
+                        for saved, leaf in zip(state["leaves"], leaves)]
+            restored = jax.tree.unflatten(jax.tree.structure(template), restored)
             self._state = restored._replace(key=jax.random.wrap_key_data(restored.key))
         self._started = state["started"]
 
 
-class MJXGymEnv:
-    """One MJX env behind gymnasium's ``reset``/``step`` API with numpy in and out: the trainer's online and
-    evaluation env under ``--env-backend mjx``, driven by the same code as the gymnasium env.
+class MJXSeedEnvs:
+    """One MJX env per seed in one batch, each with gymnasium's episode semantics and numpy in and out: the online
+    envs of a seed-batched run under ``--env-backend mjx`` (row i continues exactly as a one-seed run of
+    ``seeds[i]``).
 
-    MJX restarts an env inside the step that ends its episode; the next ``reset()`` without a seed hands out that
-    new episode's first observation, so the episodes follow the env's own PRNG stream as gymnasium's follow its
-    ``np_random``. ``reset(seed=...)`` restarts the stream.
+    MJX restarts an env inside the step that ends its episode; :meth:`next_episode` hands out that new episode's
+    first observation, so the episodes follow the env's own PRNG stream as gymnasium's follow its ``np_random``.
     """
 
-    def __init__(self, family: str, version: str = "v5", seed: int = 0, precision: str = "float32"):
-        self._vec = MJXVecEnv(family, 1, version, seed, precision=precision)
-        self._restarted: np.ndarray | None = None
-        """First observation of the episode the last step's auto-reset began; None when no episode has ended."""
+    def __init__(self, family: str, version: str = "v5", seeds: Sequence[int] = (0,), precision: str = "float32"):
+        self._vec = MJXVecEnv(family, len(seeds), version, list(seeds), precision=precision)
+        self._restarted: list[np.ndarray | None] = [None] * len(seeds)
+        """Per env: first observation of the episode the last step's auto-reset began; None when none ended."""
 
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if seed is None and self._restarted is not None:
-            obs = self._restarted
-        else:
-            obs = self._vec.reset(seed)[0].cpu().numpy()
-        self._restarted = None
-        return obs, {}
+    def reset(self, seeds: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Every env starts a new episode; ``seeds`` (one per env) restarts their noise streams."""
+        obs = self._vec.reset(None if seeds is None else list(seeds)).cpu().numpy()
+        self._restarted = [None] * len(self._restarted)
+        return list(obs)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        actions = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self._vec.device).reshape(1, -1)
-        result = self._vec.step(actions)
-        terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
-        if terminated or truncated:
-            self._restarted = result.obs[0].cpu().numpy()
-        return result.final_obs[0].cpu().numpy(), float(result.reward[0]), terminated, truncated, {}
+    def next_episode(self, row: int) -> np.ndarray:
+        """The first observation of env ``row``'s episode after the one that ended (its auto-reset)."""
+        obs = self._restarted[row]
+        if obs is None:
+            raise RuntimeError(f"MJX env {row}: no episode has ended since the last reset")
+        self._restarted[row] = None
+        return obs
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"vec": self._vec.state_dict(), "restarted": self._restarted}
+    def step(self, actions: np.ndarray) -> list[tuple[np.ndarray, float, bool, bool]]:
+        """Step every env with its row of ``actions``; per env (obs, reward, terminated, truncated), the obs being
+        the episode's final one where it ended."""
+        result = self._vec.step(torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self._vec.device))
+        obs, final_obs, reward, terminated, truncated = (
+            x.cpu().numpy() for x in (result.obs, result.final_obs, result.reward, result.terminated,
+                                      result.truncated))
+        steps = []
+        for row in range(len(self._restarted)):
+            ended = bool(terminated[row]) or bool(truncated[row])
+            if ended:
+                self._restarted[row] = obs[row]
+            steps.append((final_obs[row], float(reward[row]), bool(terminated[row]), bool(truncated[row])))
+        return steps
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._vec.load_state_dict(state["vec"])
-        self._restarted = state["restarted"]
+    def state_dict(self, row: int) -> dict[str, Any]:
+        """Env ``row``'s state, as a one-env :class:`MJXGymEnv` writes it."""
+        return {"vec": self._vec.state_dict(slice(row, row + 1)), "restarted": self._restarted[row]}
+
+    def load_state_dict(self, row: int, state: dict[str, Any]) -> None:
+        self._vec.load_state_dict(state["vec"], slice(row, row + 1))
+        self._restarted[row] = state["restarted"]
 
     def close(self) -> None:
         self._vec.close()
+
+
+class MJXGymEnv:
+    """One MJX env behind gymnasium's ``reset``/``step`` API: the evaluation env under ``--env-backend mjx``,
+    driven by the same code as the gymnasium env. ``reset()`` without a seed hands out the episode the last
+    step's auto-reset began; ``reset(seed=...)`` restarts the noise stream."""
+
+    def __init__(self, family: str, version: str = "v5", seed: int = 0, precision: str = "float32"):
+        self._envs = MJXSeedEnvs(family, version, [seed], precision)
+        self._ended = False
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        if seed is None and self._ended:
+            obs = self._envs.next_episode(0)
+        else:
+            obs = self._envs.reset(None if seed is None else [seed])[0]
+        self._ended = False
+        return obs, {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated = self._envs.step(np.asarray(action).reshape(1, -1))[0]
+        self._ended = terminated or truncated
+        return obs, reward, terminated, truncated, {}
+
+    def close(self) -> None:
+        self._envs.close()
 
 
 def make_vec_env(family: str, num_envs: int, backend: str = "gymnasium", version: str = "v5", seed: int = 0,

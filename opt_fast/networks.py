@@ -1,8 +1,12 @@
 """Networks as ensembles with batched weights ``[E, in, out]``.
 
 Every network in opt-fast is an :class:`EnsembleMLP`: twin critics are one module with E = 2, and several
-ensembles (Q_off and Q_on, or many seeds) run as one batched call through :func:`stack_params` /
-:func:`ensemble_forward`, so a fused backend (``kernels/``) sees a single ``[E, B, in]`` problem.
+ensembles (Q_off and Q_on) run as one batched call through :func:`stack_params` / :func:`ensemble_forward`, so a
+fused backend (``kernels/``) sees a single ``[E, B, in]`` problem.
+
+Many seeds are a batch dimension too: a network of S seeds holds S independent copies, seed-major
+(seed s owns members ``[s k, (s + 1) k)``), each drawn from that seed's generator exactly as a one-seed run draws
+it. Inputs are then ``[S, B, in]``, one batch per seed, and every member sees its seed's batch.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class EnsembleMLP(nn.Module):
         layer_norm: LayerNorm after every hidden linear layer (SPOT on Adroit).
         last_layer_init: if set, the last layer's weights and biases are drawn from U(-v, v) (SPOT: 1e-3 actor,
             3e-3 critic); otherwise every layer uses PyTorch's ``nn.Linear`` default initialisation.
+        seed_generators: one random generator per seed (None: torch's global one); the module holds
+            ``n_members`` members per seed, E = n_members * len(seed_generators).
     """
 
     def __init__(
@@ -38,26 +44,38 @@ class EnsembleMLP(nn.Module):
         hidden: Sequence[int] = (256, 256),
         layer_norm: bool = False,
         last_layer_init: float | None = None,
+        seed_generators: Sequence[torch.Generator | None] = (None,),
     ):
         super().__init__()
-        if n_members < 1 or in_dim < 1 or out_dim < 1:
-            raise ValueError(f"EnsembleMLP needs positive sizes, got E={n_members}, in={in_dim}, out={out_dim}")
-        self.n_members, self.in_dim, self.out_dim = n_members, in_dim, out_dim
+        if n_members < 1 or in_dim < 1 or out_dim < 1 or not seed_generators:
+            raise ValueError(f"EnsembleMLP needs positive sizes, got E={n_members}, in={in_dim}, out={out_dim}, "
+                             f"{len(seed_generators)} seeds")
+        self.n_seeds = len(seed_generators)
+        self.n_members, self.in_dim, self.out_dim = n_members * self.n_seeds, in_dim, out_dim
         self.layer_norm = layer_norm
         widths = [in_dim, *hidden, out_dim]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        layers = [self._draw_layers(widths, n_members, last_layer_init, generator) for generator in seed_generators]
+        self.weights = nn.ParameterList(torch.cat(w) for w in zip(*(weights for weights, _ in layers)))
+        self.biases = nn.ParameterList(torch.cat(b) for b in zip(*(biases for _, biases in layers)))
         self.norm_weights = nn.ParameterList()
         self.norm_biases = nn.ParameterList()
+        if layer_norm:
+            for fan_out in widths[1:-1]:
+                self.norm_weights.append(nn.Parameter(torch.ones(self.n_members, 1, fan_out)))
+                self.norm_biases.append(nn.Parameter(torch.zeros(self.n_members, 1, fan_out)))
+
+    @staticmethod
+    def _draw_layers(widths: Sequence[int], n_members: int, last_layer_init: float | None,
+                     generator: torch.Generator | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One seed's weights and biases, layer by layer (weight, then bias), from its generator."""
+        weights, biases = [], []
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
             bound = last_layer_init if (last and last_layer_init is not None) else 1.0 / math.sqrt(fan_in)
-            self.weights.append(nn.Parameter(torch.empty(n_members, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n_members, 1, fan_out).uniform_(-bound, bound)))
-            if layer_norm and not last:
-                self.norm_weights.append(nn.Parameter(torch.ones(n_members, 1, fan_out)))
-                self.norm_biases.append(nn.Parameter(torch.zeros(n_members, 1, fan_out)))
+            weights.append(torch.empty(n_members, fan_in, fan_out).uniform_(-bound, bound, generator=generator))
+            biases.append(torch.empty(n_members, 1, fan_out).uniform_(-bound, bound, generator=generator))
+        return weights, biases
 
     def layer_params(self) -> list[LayerParams]:
         n_hidden = len(self.weights) - 1
@@ -72,15 +90,29 @@ class EnsembleMLP(nn.Module):
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [B, in] (shared by all members) or [E, B, in] -> [E, B, out]."""
+        """``x`` [B, in] (shared by all members), [S, B, in] (one batch per seed) or [E, B, in] -> [E, B, out]."""
         return ensemble_forward(self.layer_params(), x)
+
+    def seed_members(self, seed_index: int) -> slice:
+        """The members of one seed along the ensemble dimension."""
+        per_seed = self.n_members // self.n_seeds
+        return slice(seed_index * per_seed, (seed_index + 1) * per_seed)
+
+
+def per_member(x: torch.Tensor, n_members: int) -> torch.Tensor:
+    """``x`` [B, w] (shared), [G, B, w] (G groups of consecutive members, e.g. seeds) as [E, B, w] (a view where it
+    can be)."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    groups = x.shape[0]
+    if x.dim() != 3 or n_members % groups:
+        raise ValueError(f"an input of shape {tuple(x.shape)} cannot feed {n_members} ensemble members")
+    return x.unsqueeze(1).expand(groups, n_members // groups, *x.shape[1:]).reshape(n_members, *x.shape[1:])
 
 
 def ensemble_forward(params: Sequence[LayerParams], x: torch.Tensor) -> torch.Tensor:
     """The reference (torch) ensemble MLP: batched matmul, bias, optional LayerNorm, ReLU between layers."""
-    n_members = params[0][0].shape[0]
-    if x.dim() == 2:
-        x = x.unsqueeze(0).expand(n_members, *x.shape)
+    x = per_member(x, params[0][0].shape[0])
     for i, (weight, bias, norm_weight, norm_bias) in enumerate(params):
         x = torch.baddbmm(bias, x, weight)
         if i < len(params) - 1:
@@ -91,21 +123,26 @@ def ensemble_forward(params: Sequence[LayerParams], x: torch.Tensor) -> torch.Te
 
 
 def stack_params(*mlps: EnsembleMLP) -> list[LayerParams]:
-    """Concatenate the members of several ensembles of the same shape into one ensemble's parameters.
+    """Concatenate the members of several ensembles of the same shape and seeds into one ensemble's parameters,
+    seed-major: seed s's members of every module, in module order, then seed s + 1's.
 
     Gradients flow back to each module's own parameters, so each keeps its own optimizer.
     """
+    n_seeds = mlps[0].n_seeds
+    if any(m.n_seeds != n_seeds for m in mlps):
+        raise ValueError(f"stacked ensembles must hold the same seeds, got {[m.n_seeds for m in mlps]}")
+
+    def interleave(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        by_seed = [p.view(n_seeds, -1, *p.shape[1:]) for p in parts]
+        return torch.cat(by_seed, dim=1).flatten(0, 1)
+
     per_module = [m.layer_params() for m in mlps]
-    stacked: list[LayerParams] = []
-    for layers in zip(*per_module):
-        stacked.append(
-            tuple(None if parts[0] is None else torch.cat(parts, dim=0) for parts in zip(*layers))  # type: ignore[misc]
-        )
-    return stacked
+    return [tuple(None if parts[0] is None else interleave(parts) for parts in zip(*layers))  # type: ignore[misc]
+            for layers in zip(*per_module)]
 
 
 class Critic(EnsembleMLP):
-    """An ensemble of Q-functions Q_j(s, a) (twin critics: E = 2); returns [E, B]."""
+    """An ensemble of Q-functions Q_j(s, a) (twin critics: 2 per seed); returns [E, B]."""
 
     def __init__(self, obs_dim: int, act_dim: int, n_heads: int = 2, **kwargs):
         super().__init__(n_heads, obs_dim + act_dim, 1, **kwargs)
@@ -141,7 +178,8 @@ def _triton_available() -> bool:
 
 
 def q_values(params: Sequence[LayerParams], obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Q-values of an ensemble (possibly stacked from several critics): [E, B].
+    """Q-values of an ensemble (possibly stacked from several critics and seeds): [E, B]. ``obs`` and ``action``
+    are [B, w] (shared) or [S, B, w] (one batch per seed).
 
     The Triton kernels fuse the (obs, action) concatenation into the first layer; they have no LayerNorm, so
     critics with LayerNorm (SPOT on Adroit) always take the torch path.
@@ -149,30 +187,39 @@ def q_values(params: Sequence[LayerParams], obs: torch.Tensor, action: torch.Ten
     if _critic_backend == "triton" and params[0][2] is None:
         from kernels import triton_q_values  # imported lazily: TRITON_INTERPRET must be set before (CPU tests)
 
+        n_members = params[0][0].shape[0]
+        if obs.dim() == 3 and obs.shape[0] != n_members:
+            obs, action = per_member(obs, n_members), per_member(action, n_members)
         return triton_q_values(params, obs, action)
     return ensemble_forward(params, torch.cat([obs, action], dim=-1)).squeeze(-1)
 
 
+def per_seed_output(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A one-member-per-seed network's output [S, B, w] for input ``x``: [B, w] when ``x`` had no seed dimension."""
+    return out.squeeze(0) if x.dim() == 2 else out
+
+
 class DeterministicActor(nn.Module):
-    """pi(s) = tanh(MLP(s)), actions in [-1, 1]."""
+    """pi(s) = tanh(MLP(s)), actions in [-1, 1]; obs [B, obs] (one seed) or [S, B, obs] -> actions of that shape."""
 
     def __init__(self, obs_dim: int, act_dim: int, **kwargs):
         super().__init__()
         self.net = EnsembleMLP(1, obs_dim, act_dim, **kwargs)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs).squeeze(0))
+        return torch.tanh(per_seed_output(self.net(obs), obs))
 
 
 class DensityRatio(nn.Module):
-    """w_phi(s, a) >= 0 of balanced replay (Off2On): MLP 256-256-1 with a softplus output."""
+    """w_phi(s, a) >= 0 of balanced replay (Off2On): MLP 256-256-1 with a softplus output; [B] or [S, B]."""
 
     def __init__(self, obs_dim: int, act_dim: int, **kwargs):
         super().__init__()
         self.net = EnsembleMLP(1, obs_dim + act_dim, 1, **kwargs)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return F.softplus(self.net(torch.cat([obs, action], dim=-1))).reshape(-1)
+        x = torch.cat([obs, action], dim=-1)
+        return F.softplus(per_seed_output(self.net(x), x)).squeeze(-1)
 
 
 def adam(params, lr: float) -> torch.optim.Adam:

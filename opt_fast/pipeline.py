@@ -10,12 +10,13 @@ every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, whe
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -58,14 +59,59 @@ class Progress:
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
-class Trainer:
-    def __init__(self, config: Config, run_dir: Path, dataset: OfflineDataset, cache_dir: Path | None = None,
-                 collect_snapshots: Collection[int] = ()):
+class SeedRun:
+    """One seed's part of a run: its directory, metrics, checkpoints, numpy RNG, buffers, evaluation env and
+    progress. A run of its own is a batch of one of these."""
+
+    def __init__(self, config: Config, run_dir: Path, offline_rows: tuple[np.ndarray, ...], obs_dim: int,
+                 act_dim: int, eval_env):
         self.config = config
+        self.run_dir = Path(run_dir)
+        self.rng = np.random.default_rng(config.seed)
+        buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
+        self.eval_env = eval_env
+        n_off = len(offline_rows[0])
+        self.offline_buffer = ReplayBuffer(n_off, obs_dim, act_dim, seed=int(buffer_seeds[0]))
+        self.offline_buffer.add_batch(*offline_rows, priority=1.0)
+        self.online_buffer = ReplayBuffer(config.online_steps, obs_dim, act_dim, seed=int(buffer_seeds[1]))
+        # Balanced replay: every offline row at priority 1, online rows at the running maximum (§3.3).
+        capacity = config.replay_ring_capacity if config.replay_ring else n_off + config.online_steps
+        self.balanced = ReplayBuffer(capacity, obs_dim, act_dim, seed=int(buffer_seeds[2]), ring=config.replay_ring)
+        self.balanced.add_batch(*offline_rows, priority=1.0)
+        self.progress = Progress()
+        self.obs: np.ndarray | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+    def buffer_states(self, names: Collection[str] = ("online", "balanced", "offline")) -> dict[str, Any]:
+        buffers = {"online": self.online_buffer, "balanced": self.balanced, "offline": self.offline_buffer}
+        return {name: buffers[name].state_dict() for name in names}
+
+    def load_buffer_states(self, states: dict[str, Any]) -> None:
+        buffers = {"online": self.online_buffer, "balanced": self.balanced, "offline": self.offline_buffer}
+        for name, state in states.items():
+            buffers[name].load_state_dict(state)
+
+
+class Trainer:
+    """The phases of one run, or of several seeds trained in lockstep as a batch dimension (``--seeds``): one
+    batched network call per update for every seed's networks, one step of every seed's online env per env step,
+    while each seed keeps its own buffers, numpy RNG, envs, metrics and checkpoints (:class:`SeedRun`).
+
+    ``configs`` differ only in the seed (and list the batch's seeds in ``seed_batch``); a run of its own is a
+    batch of one.
+    """
+
+    def __init__(self, configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset,
+                 cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()):
+        configs = list(configs)
+        check_seed_batch(configs)
+        if len(run_dirs) != len(configs):
+            raise ValueError(f"{len(configs)} seeds need {len(configs)} run directories, got {len(run_dirs)}")
+        self.config = config = configs[0]
         # Env steps at which the collection phase stores its state in ``cache_dir``, for runs with a smaller N_tau
         # to branch from (an ablation over N_tau); a normal run stores none.
         self.collect_snapshots = frozenset(collect_snapshots)
-        self.run_dir = Path(run_dir)
         self.dataset = dataset
         # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
         task = parse_task(config.env)
@@ -84,45 +130,42 @@ class Trainer:
         self.device = torch.device(config.device)
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
-        buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
 
-        self.env = make_env(env_name, config)
-        self.eval_env = make_env(env_name, config)
+        self.envs = make_seed_envs(env_name, configs)
         obs_dim, act_dim = envs.env_dims(env_name, config.env_version)
         check_env_compatible(dataset, obs_dim, act_dim)
 
         use_critic_backend(config.critic_backend, self.device)
-        self.agent = OPTAgent(obs_dim, act_dim, config)
+        # Each seed's networks start as a one-seed agent's built after torch.manual_seed(seed).
+        self.agent = OPTAgent(obs_dim, act_dim, config, seeds=[c.seed for c in configs])
         if config.compile:
             self.agent.compile()
-        # Q_on and the density net take their initial values from the same RNG; reseeding here makes the offline
-        # phase identical with OPT on and off, so both variants can share it (the offline cache).
+        # The updates' noise (target smoothing, VAE latents) comes from torch's global generator, seeded after the
+        # networks: a one-seed run's offline phase is then the same with OPT on and off (the offline cache).
         torch.manual_seed(config.seed)
-        n_off = len(dataset)
         offline = (dataset.observations, dataset.actions, self._train_reward(dataset.rewards),
                    dataset.next_observations, dataset.terminals.astype(np.float32))
-        self.offline_buffer = ReplayBuffer(n_off, obs_dim, act_dim, seed=int(buffer_seeds[0]))
-        self.offline_buffer.add_batch(*offline, priority=1.0)
-        self.online_buffer = ReplayBuffer(config.online_steps, obs_dim, act_dim, seed=int(buffer_seeds[1]))
-        # Balanced replay: every offline row at priority 1, online rows at the running maximum (§3.3).
-        capacity = config.replay_ring_capacity if config.replay_ring else n_off + config.online_steps
-        self.balanced = ReplayBuffer(capacity, obs_dim, act_dim, seed=int(buffer_seeds[2]), ring=config.replay_ring)
-        self.balanced.add_batch(*offline, priority=1.0)
+        self.runs = [SeedRun(c, d, offline, obs_dim, act_dim, make_env(env_name, c)) for c, d in zip(configs, run_dirs)]
 
-        self.progress = Progress()
-        self.obs: np.ndarray | None = None
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+    @property
+    def progress(self) -> Progress:
+        """Where the run is: the seeds step together, so the first seed's progress is every seed's."""
+        return self.runs[0].progress
+
+    def _advance(self, counter: str) -> None:
+        for run in self.runs:
+            setattr(run.progress, counter, getattr(run.progress, counter) + 1)
 
     # ------------------------------------------------------------------------------------------ driving
-    def run(self) -> dict[str, Any]:
-        """Run (or continue) every remaining phase; returns the summary."""
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or continue) every remaining phase; returns each seed's summary."""
         self.run_until("done")
-        summary = self.summary()
-        write_json(self.run_dir / "summary.json", summary)
-        return summary
+        summaries = []
+        for run in self.runs:
+            summary = self.summary(run)
+            write_json(run.run_dir / "summary.json", summary)
+            summaries.append(summary)
+        return summaries
 
     def run_until(self, stop: str) -> None:
         """Run (or continue) the phases that come before phase ``stop`` (a sweep stops a run after its collection so
@@ -135,9 +178,9 @@ class Trainer:
             phase = self.progress.phase
             started = time.perf_counter()
             phases[phase]()
-            self.progress.phase_seconds[phase] = (
-                self.progress.phase_seconds.get(phase, 0.0) + time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            for run in self.runs:
+                run.progress.phase_seconds[phase] = run.progress.phase_seconds.get(phase, 0.0) + elapsed
             self._end_phase(phase)
 
     def _next_phase(self, phase: str) -> str:
@@ -146,10 +189,12 @@ class Trainer:
         return PHASES[PHASES.index(phase) + 1]
 
     def _end_phase(self, phase: str) -> None:
-        record = self._evaluate(phase)
-        self.progress.phase_scores[phase] = record["score"]
-        self.progress.phase = self._next_phase(phase)
-        if self.progress.phase == "finetune":
+        next_phase = self._next_phase(phase)
+        for run in self.runs:
+            record = self._evaluate(run, phase)
+            run.progress.phase_scores[phase] = record["score"]
+            run.progress.phase = next_phase
+        if next_phase == "finetune":
             self.agent.start_finetuning()
         self.save_checkpoint(phase_end=phase)
         if phase == "offline":
@@ -161,9 +206,9 @@ class Trainer:
         total = offline_phase_steps(cfg)
         with self._bar("offline", p.offline_step, total) as bar:
             while p.offline_step < total:
-                batch = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size))
+                batch = self._sample_uniform("offline")
                 self.agent.backbone.offline_update(batch, p.offline_step)
-                p.offline_step += 1
+                self._advance("offline_step")
                 bar.update()
                 if p.offline_step < total:
                     self._periodic(p.offline_step, bar)
@@ -184,12 +229,10 @@ class Trainer:
         cfg, p = self.config, self.progress
         with self._bar("pretrain", p.pretrain_step, cfg.n_pretrain) as bar:
             while p.pretrain_step < cfg.n_pretrain:
-                off = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size)) \
-                    if cfg.pretrain_data in ("both", "offline") else None
-                on = self._sample(self.online_buffer, self.online_buffer.sample_uniform(cfg.batch_size)) \
-                    if cfg.pretrain_data in ("both", "online") else None
+                off = self._sample_uniform("offline") if cfg.pretrain_data in ("both", "offline") else None
+                on = self._sample_uniform("online") if cfg.pretrain_data in ("both", "online") else None
                 self.agent.pretrain_update(off, on, p.pretrain_step)
-                p.pretrain_step += 1
+                self._advance("pretrain_step")
                 bar.update()
                 # The policy is frozen here, so only checkpoints (no evaluations) happen inside the phase.
                 if p.pretrain_step % cfg.checkpoint_every == 0 and p.pretrain_step < cfg.n_pretrain:
@@ -201,7 +244,7 @@ class Trainer:
             while p.online_step < cfg.online_steps:
                 self._env_step()
                 # Updates need an online batch for the density-ratio net: the baseline starts once B_on holds one.
-                if self.online_buffer.size >= cfg.batch_size:
+                if self.runs[0].online_buffer.size >= cfg.batch_size:
                     for _ in range(cfg.utd):
                         self._finetune_update()
                 bar.update()
@@ -210,42 +253,53 @@ class Trainer:
 
     def _finetune_update(self) -> None:
         cfg, p = self.config, self.progress
-        off = self._sample(self.offline_buffer, self.offline_buffer.sample_uniform(cfg.batch_size))
-        on = self._sample(self.online_buffer, self.online_buffer.sample_uniform(cfg.batch_size))
-        indices = self.balanced.sample_prioritized(cfg.batch_size)
-        batch = self._sample(self.balanced, indices)
+        off = self._sample_uniform("offline")
+        on = self._sample_uniform("online")
+        indices = [run.balanced.sample_prioritized(cfg.batch_size) for run in self.runs]
+        batch = Batch.stack([run.balanced.gather(i) for run, i in zip(self.runs, indices)], self.device)
+        kappas = [kappa(run.config, p.online_step) for run in self.runs]
         _, priorities = self.agent.finetune_update(
-            off, on, batch, kappa(cfg, p.online_step), p.online_step / cfg.online_steps, p.update_step
+            off, on, batch, kappas, [p.online_step / cfg.online_steps] * len(self.runs), p.update_step
         )
-        self.balanced.update_priorities(indices, priorities.cpu().numpy().astype(np.float64))
-        p.update_step += 1
+        priorities = priorities.cpu().numpy().astype(np.float64)
+        for run, run_indices, run_priorities in zip(self.runs, indices, priorities):
+            run.balanced.update_priorities(run_indices, run_priorities)
+        self._advance("update_step")
 
     # ------------------------------------------------------------------------------------------ pieces
-    def _sample(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        return Batch.from_numpy(buffer.gather(indices), self.device)
+    def _sample_uniform(self, buffer: str) -> Batch:
+        """A uniform batch from every seed's offline or online buffer: [S, B, ...]."""
+        batches = []
+        for run in self.runs:
+            source = run.offline_buffer if buffer == "offline" else run.online_buffer
+            batches.append(source.gather(source.sample_uniform(self.config.batch_size)))
+        return Batch.stack(batches, self.device)
 
     def _env_step(self) -> None:
-        """One env step with the current policy plus N(0, exploration_noise), stored in B_on and the replay."""
-        cfg, p = self.config, self.progress
-        if self.obs is None:
-            self.obs, _ = self.env.reset(seed=cfg.seed)
-        obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-        action = self.agent.backbone.act(obs_t)[0].cpu().numpy()
-        action = np.clip(action + self.rng.normal(0.0, cfg.exploration_noise, size=action.shape), -1.0, 1.0)
-        action = action.astype(np.float32)
-        next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        # `done` is a true termination only; a time-limit cut bootstraps (§8).
-        row = (self.obs, action, float(self._train_reward(reward)), next_obs, bool(terminated))
-        self.online_buffer.add(*row)
-        self.balanced.add(*row)
-        p.online_step += 1
-        p.episode_return += float(reward)
-        if terminated or truncated:
-            p.episodes += 1
-            p.episode_return = 0.0
-            self.obs, _ = self.env.reset()
-        else:
-            self.obs = next_obs
+        """One env step of every seed with its policy plus N(0, exploration_noise), stored in its B_on and replay."""
+        if self.runs[0].obs is None:
+            for run, obs in zip(self.runs, self.envs.reset([run.config.seed for run in self.runs])):
+                run.obs = obs
+        obs = torch.as_tensor(np.stack([run.obs for run in self.runs]), dtype=torch.float32, device=self.device)
+        actions = self.agent.backbone.act(obs.unsqueeze(1))[:, 0].cpu().numpy()
+        noisy = []
+        for run, action in zip(self.runs, actions):
+            noise = run.rng.normal(0.0, self.config.exploration_noise, size=action.shape)
+            noisy.append(np.clip(action + noise, -1.0, 1.0).astype(np.float32))
+        for row, (run, action, (next_obs, reward, terminated, truncated)) in enumerate(
+                zip(self.runs, noisy, self.envs.step(np.stack(noisy)))):
+            # `done` is a true termination only; a time-limit cut bootstraps (§8).
+            transition = (run.obs, action, float(self._train_reward(reward)), next_obs, bool(terminated))
+            run.online_buffer.add(*transition)
+            run.balanced.add(*transition)
+            run.progress.online_step += 1
+            run.progress.episode_return += float(reward)
+            if terminated or truncated:
+                run.progress.episodes += 1
+                run.progress.episode_return = 0.0
+                run.obs = self.envs.next_episode(row)
+            else:
+                run.obs = next_obs
 
     def _train_reward(self, reward):
         """The reward learnt from: AntMaze's 0/1 success under ``antmaze_reward`` (evaluation counts the raw
@@ -256,19 +310,17 @@ class Trainer:
 
     def _periodic(self, step: int, bar: tqdm) -> None:
         if step % self.config.eval_every == 0:
-            record = self._evaluate(self.progress.phase)
-            bar.set_postfix(score=f"{record['score']:.1f}")
+            scores = [self._evaluate(run, self.progress.phase)["score"] for run in self.runs]
+            bar.set_postfix(score=f"{np.mean(scores):.1f}")
         if step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
 
-    def _evaluate(self, phase: str) -> dict[str, Any]:
-        cfg, p = self.config, self.progress
-        critics = [("q_off", self.agent.backbone.critic)]
-        if self.agent.q_on is not None:
-            critics.append(("q_on", self.agent.q_on))
+    def _evaluate(self, run: SeedRun, phase: str) -> dict[str, Any]:
+        cfg, p = run.config, run.progress
+        index = self.runs.index(run)
         gamma = cfg.gamma if phase == "offline" else online_discount(cfg)
-        result = evaluate(self.agent.backbone.act, self.eval_env, cfg.eval_episodes, cfg.seed, critics, gamma,
-                          self.device)
+        result = evaluate(self.agent.seed_policy(index), run.eval_env, cfg.eval_episodes, cfg.seed,
+                          self.agent.seed_critics(index), gamma, self.device)
         ref_min, ref_max = self.ref_scores
         record = {
             "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
@@ -278,13 +330,14 @@ class Trainer:
             "score": 100.0 * (result["return_mean"] - ref_min) / (ref_max - ref_min),
             **result,
         }
-        append_jsonl(self.metrics_path, record)
+        append_jsonl(run.metrics_path, record)
         p.n_metrics += 1
         return record
 
     def _bar(self, phase: str, initial: int, total: int) -> tqdm:
         disable = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"
-        return tqdm(total=total, initial=initial, desc=f"{self.dataset_label()} {phase}", unit="step",
+        seeds = f" x{len(self.runs)} seeds" if len(self.runs) > 1 else ""
+        return tqdm(total=total, initial=initial, desc=f"{self.dataset_label()}{seeds} {phase}", unit="step",
                     dynamic_ncols=True, disable=disable, leave=True)
 
     def dataset_label(self) -> str:
@@ -294,8 +347,8 @@ class Trainer:
             name = self.dataset.metadata.get("dataset_id", self.dataset.path.name)
         return f"{name} ({self.dataset.source})"
 
-    def summary(self) -> dict[str, Any]:
-        p = self.progress
+    def summary(self, run: SeedRun) -> dict[str, Any]:
+        p = run.progress
         return {
             "dataset": self.dataset_label(),
             "data_source": self.dataset.source,
@@ -309,7 +362,9 @@ class Trainer:
             "torch_threads": torch.get_num_threads(),
             "code": code_version(),
             "machine": machine_description(),
-            "seed": self.config.seed,
+            "seed": run.config.seed,
+            # phase_seconds is the whole batch's wall time: each seed's share is it divided by the batch size.
+            "seed_batch": list(run.config.seed_batch) or [run.config.seed],
             "budget": self.config.budget,
             "final_score": p.phase_scores.get("finetune"),
             "phase_scores": p.phase_scores,
@@ -319,127 +374,209 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_json(),
-            "progress": asdict(self.progress),
-            "agent": self.agent.state_dict(),
-            "buffers": {"online": self.online_buffer.state_dict(), "balanced": self.balanced.state_dict(),
-                        "offline": self.offline_buffer.state_dict()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
-            "env": None if self.obs is None else get_env_state(self.env),
-            "obs": self.obs,
-        }
+    def _seed_states(self) -> list[dict[str, Any]]:
+        """Each seed's checkpoint: a one-seed run's format (the torch generator is the batch's shared one)."""
+        return [{
+            "config": run.config.to_json(),
+            "progress": asdict(run.progress),
+            "agent": agent_state,
+            "buffers": run.buffer_states(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state},
+            "env": None if run.obs is None else self.envs.state_dict(row),
+            "obs": run.obs,
+        } for row, (run, agent_state) in enumerate(zip(self.runs, self.agent.seed_state_dicts()))]
 
     def save_checkpoint(self, phase_end: str | None = None) -> None:
-        latest = self.checkpoint_dir / "latest.pt"
-        save_torch(latest, self.state())
+        """Every seed's ``latest.pt`` (and ``<phase_end>.pt``), committed together: each seed's new file is written
+        first, and only when all are written are they renamed into place (a marker records that the renames are
+        due, so an interruption between them is completed on resume)."""
+        states = self._seed_states()
+        pending = [run.checkpoint_dir / "latest.pt.next" for run in self.runs]
+        for path, state in zip(pending, states):
+            save_torch(path, state)
+        marker = self._commit_marker()
+        write_json(marker, [str(path) for path in pending])
+        _finish_commit(marker)
         if phase_end is not None:
-            boundary = self.checkpoint_dir / f"{phase_end}.pt"
-            boundary.unlink(missing_ok=True)
-            os.link(latest, boundary)
+            for run in self.runs:
+                boundary = run.checkpoint_dir / f"{phase_end}.pt"
+                boundary.unlink(missing_ok=True)
+                os.link(run.checkpoint_dir / "latest.pt", boundary)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.progress = Progress(**state["progress"])
-        self.agent.load_state_dict(state["agent"])
-        self.online_buffer.load_state_dict(state["buffers"]["online"])
-        self.balanced.load_state_dict(state["buffers"]["balanced"])
-        self.offline_buffer.load_state_dict(state["buffers"]["offline"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        self.obs = state["obs"]
-        if state["env"] is not None:
-            set_env_state(self.env, state["env"])
+    def _commit_marker(self) -> Path:
+        return self.runs[0].checkpoint_dir / "commit.json"
+
+    def load_states(self, states: Sequence[dict[str, Any]]) -> None:
+        self.agent.load_seed_state_dicts([state["agent"] for state in states])
+        for row, (run, state) in enumerate(zip(self.runs, states)):
+            run.progress = Progress(**state["progress"])
+            run.load_buffer_states(state["buffers"])
+            run.rng.bit_generator.state = state["rng"]["numpy"]
+            run.obs = state["obs"]
+            if state["env"] is not None:
+                self.envs.load_state_dict(row, state["env"])
+        torch.set_rng_state(states[0]["rng"]["torch"])
 
     def resume(self) -> None:
-        """Continue from ``checkpoints/latest.pt``; metrics written after it are dropped and redone."""
-        latest = self.checkpoint_dir / "latest.pt"
-        state = load_torch(latest)
-        if state["config"] != self.config.to_json():
-            raise ValueError(f"{latest} was written with another configuration than {self.run_dir / 'config.json'}")
-        self.load_state(state)
-        truncate_jsonl(self.metrics_path, self.progress.n_metrics)
+        """Continue from every seed's ``checkpoints/latest.pt``; metrics written after it are dropped and redone."""
+        marker = self._commit_marker()
+        if marker.exists():
+            _finish_commit(marker)
+        states = []
+        for run in self.runs:
+            latest = run.checkpoint_dir / "latest.pt"
+            (run.checkpoint_dir / "latest.pt.next").unlink(missing_ok=True)  # a commit that never started
+            state = load_torch(latest)
+            if Config.from_json(state["config"]).to_json() != run.config.to_json():
+                raise ValueError(f"{latest} was written with another configuration than {run.run_dir / 'config.json'}")
+            states.append(state)
+        steps = {tuple(state["progress"][k] for k in ("phase", "offline_step", "online_step", "pretrain_step"))
+                 for state in states}
+        if len(steps) > 1:
+            raise ValueError(f"the seeds' checkpoints are at different points {sorted(steps)}; a seed batch resumes "
+                             "only from checkpoints it wrote together")
+        self.load_states(states)
+        for run in self.runs:
+            truncate_jsonl(run.metrics_path, run.progress.n_metrics)
 
     # ------------------------------------------------------------------------------------------ offline cache
-    def _offline_cache_path(self) -> Path | None:
+    def _cache_path(self, run: SeedRun, kind: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"offline-{self.config.digest(OFFLINE_FIELDS)}.pt"
+        if kind == "offline":
+            return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}.pt"
+        return self.cache_dir / f"collect-{run.config.digest(COLLECT_FIELDS)}-{kind}.pt"
+
+    def _cached(self, kind: str) -> list[dict[str, Any]] | None:
+        """Every seed's cached state of ``kind`` (offline, or a collection step), or None unless all have one."""
+        paths = [self._cache_path(run, kind) for run in self.runs]
+        if any(path is None or not path.exists() for path in paths):
+            return None
+        return [load_torch(path) for path in paths]
 
     def _store_offline_cache(self) -> None:
         """The offline phase's end state, shared by every run (OPT or baseline) with the same offline config."""
-        path = self._offline_cache_path()
-        if path is not None and not path.exists():
-            save_torch(path, {"state": self.state(), "metrics": read_jsonl(self.metrics_path)})
+        for run, state in zip(self.runs, self._seed_states()):
+            path = self._cache_path(run, "offline")
+            if path is not None and not path.exists():
+                save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)})
 
     def try_offline_cache(self) -> bool:
-        """Start from a cached offline phase if one matches; returns whether it did."""
-        path = self._offline_cache_path()
-        if path is None or not path.exists():
+        """Start from a cached offline phase if every seed has one; returns whether it did."""
+        cached = self._cached("offline")
+        if cached is None:
             return False
-        cached = load_torch(path)
-        state = cached["state"]
+        states = [entry["state"] for entry in cached]
         # The cached run may have had OPT on or off: only the backbone and the offline buffer carry over; the
         # RNG states carry over too, so the result equals a run that did its own offline phase.
-        self.agent.load_backbone_state(state["agent"])
-        self.offline_buffer.load_state_dict(state["buffers"]["offline"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        progress = Progress(**state["progress"])
-        progress.phase = self._next_phase("offline")
-        self.progress = progress
-        for record in cached["metrics"]:
-            append_jsonl(self.metrics_path, record)
-        self.progress.n_metrics = len(cached["metrics"])
+        self.agent.load_backbone_seed_states([state["agent"] for state in states])
+        for run, entry in zip(self.runs, cached):
+            state = entry["state"]
+            run.load_buffer_states({"offline": state["buffers"]["offline"]})
+            run.rng.bit_generator.state = state["rng"]["numpy"]
+            run.progress = Progress(**state["progress"])
+            run.progress.phase = self._next_phase("offline")
+            for record in entry["metrics"]:
+                append_jsonl(run.metrics_path, record)
+            run.progress.n_metrics = len(entry["metrics"])
+        torch.set_rng_state(states[0]["rng"]["torch"])
         if self.progress.phase == "finetune":
             self.agent.start_finetuning()
         self.save_checkpoint(phase_end="offline")
         return True
 
     # ------------------------------------------------------------------------------------------ collection prefix
-    def _collect_snapshot_path(self, step: int) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        return self.cache_dir / f"collect-{self.config.digest(COLLECT_FIELDS)}-{step}.pt"
-
     def _store_collect_snapshot(self) -> None:
         """The collection's state after ``online_step`` env steps. The policy is frozen and nothing is trained while
         collecting, so only the buffers, RNGs, env, progress and metrics so far change; Q_on and the density net are
         still at their seeded initial values, which a branching run has already."""
-        path = self._collect_snapshot_path(self.progress.online_step)
-        if path is None or path.exists():
-            return
-        state = {
-            "progress": asdict(self.progress),
-            "buffers": {"online": self.online_buffer.state_dict(), "balanced": self.balanced.state_dict()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
-            "env": None if self.obs is None else get_env_state(self.env),
-            "obs": self.obs,
-        }
-        save_torch(path, {"state": state, "metrics": read_jsonl(self.metrics_path)[: self.progress.n_metrics]})
+        for row, run in enumerate(self.runs):
+            path = self._cache_path(run, str(run.progress.online_step))
+            if path is None or path.exists():
+                continue
+            state = {
+                "progress": asdict(run.progress),
+                "buffers": run.buffer_states(("online", "balanced")),
+                "rng": {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state},
+                "env": None if run.obs is None else self.envs.state_dict(row),
+                "obs": run.obs,
+            }
+            save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)[: run.progress.n_metrics]})
 
     def try_collect_cache(self) -> bool:
-        """Before collecting, take the first N_tau steps of a longer collection of the same seed if one stored
+        """Before collecting, take the first N_tau steps of a longer collection of the same seeds if one stored
         them; returns whether it did. The run then continues exactly as if it had collected them itself."""
-        path = self._collect_snapshot_path(self.config.n_tau)
         p = self.progress
-        if p.phase != "collect" or p.online_step != 0 or path is None or not path.exists():
+        if p.phase != "collect" or p.online_step != 0:
             return False
-        cached = load_torch(path)
-        state = cached["state"]
-        self.online_buffer.load_state_dict(state["buffers"]["online"])
-        self.balanced.load_state_dict(state["buffers"]["balanced"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        self.obs = state["obs"]
-        if state["env"] is not None:
-            set_env_state(self.env, state["env"])
-        # Both share the records up to the end of the offline phase; append the collection's.
-        for record in cached["metrics"][p.n_metrics:]:
-            append_jsonl(self.metrics_path, record)
-        self.progress = Progress(**state["progress"])
+        cached = self._cached(str(self.config.n_tau))
+        if cached is None:
+            return False
+        for row, (run, entry) in enumerate(zip(self.runs, cached)):
+            state = entry["state"]
+            run.load_buffer_states(state["buffers"])
+            run.rng.bit_generator.state = state["rng"]["numpy"]
+            run.obs = state["obs"]
+            if state["env"] is not None:
+                self.envs.load_state_dict(row, state["env"])
+            # Both share the records up to the end of the offline phase; append the collection's.
+            for record in entry["metrics"][run.progress.n_metrics:]:
+                append_jsonl(run.metrics_path, record)
+            run.progress = Progress(**state["progress"])
+        torch.set_rng_state(cached[0]["state"]["rng"]["torch"])
         self.save_checkpoint()
         return True
+
+
+def check_seed_batch(configs: Sequence[Config]) -> None:
+    """Seeds trained as a batch must differ only in the seed, name the batch's seeds in ``seed_batch``, and a run of
+    its own has none."""
+    seeds = [c.seed for c in configs]
+    if not configs:
+        raise ValueError("a run needs at least one seed")
+    if len(configs) == 1:
+        if configs[0].seed_batch and tuple(configs[0].seed_batch) != (configs[0].seed,):
+            raise ValueError(f"seed {configs[0].seed}'s config names the seed batch {list(configs[0].seed_batch)}; "
+                             "train the batch together (--seeds)")
+        return
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: every seed once, got {seeds}")
+    shared = {json.dumps({**c.to_json(), "seed": None}, sort_keys=True) for c in configs}
+    if len(shared) > 1 or tuple(configs[0].seed_batch) != tuple(seeds):
+        raise ValueError(f"seeds {seeds} trained as a batch need the same settings but the seed, with "
+                         f"seed_batch={seeds}")
+
+
+def _finish_commit(marker: Path) -> None:
+    """Rename the pending checkpoints a commit marker lists into place (those already renamed are skipped), then
+    drop the marker."""
+    for pending in read_json(marker):
+        pending = Path(pending)
+        if pending.exists():
+            os.replace(pending, pending.with_name("latest.pt"))
+    marker.unlink()
+
+
+class GymSeedEnvs:
+    """One gymnasium env per seed behind :class:`opt_fast.mjx_envs.MJXSeedEnvs`' interface, stepped in turn."""
+
+    def __init__(self, env_list: Sequence[gymnasium.Env]):
+        self.envs = list(env_list)
+
+    def reset(self, seeds: Sequence[int]) -> list[np.ndarray]:
+        return [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
+
+    def next_episode(self, row: int) -> np.ndarray:
+        return self.envs[row].reset()[0]
+
+    def step(self, actions: np.ndarray) -> list[tuple[np.ndarray, float, bool, bool]]:
+        return [env.step(action)[:4] for env, action in zip(self.envs, actions)]
+
+    def state_dict(self, row: int) -> dict[str, Any]:
+        return get_env_state(self.envs[row])
+
+    def load_state_dict(self, row: int, state: dict[str, Any]) -> None:
+        set_env_state(self.envs[row], state)
 
 
 _MUJOCO_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -455,23 +592,31 @@ def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
 
 
 def make_env(name: str, config: Config):
-    """The online (or evaluation) env of ``name`` on ``config.env_backend``, seeded with the run's seed."""
+    """The evaluation env of ``name`` on ``config.env_backend``, seeded with the run's seed."""
     if config.env_backend == "mjx":
-        try:
-            from opt_fast.mjx_envs import MJXGymEnv
-        except ImportError as err:
-            raise ImportError(f"--env-backend mjx needs mujoco-mjx and jax ({err}): pip install 'opt-fast[mjx]'") \
-                from err
-        return MJXGymEnv(name, config.env_version, seed=config.seed)
+        return _mjx_envs().MJXGymEnv(name, config.env_version, seed=config.seed)
     return envs.make_env(name, config.env_version, seed=config.seed)
 
 
-def get_env_state(env) -> dict[str, Any]:
-    """A mid-episode env's full state. MuJoCo's: physics, step count within the episode, and its RNG; plus, for
-    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets). An
-    MJX env's: its own ``state_dict``."""
-    if not isinstance(env, gymnasium.Env):
-        return {"mjx": env.state_dict()}
+def make_seed_envs(name: str, configs: Sequence[Config]):
+    """The online envs of every seed: one MJX batch (``--env-backend mjx``) or one gymnasium env per seed."""
+    config = configs[0]
+    if config.env_backend == "mjx":
+        return _mjx_envs().MJXSeedEnvs(name, config.env_version, [c.seed for c in configs])
+    return GymSeedEnvs([envs.make_env(name, c.env_version, seed=c.seed) for c in configs])
+
+
+def _mjx_envs():
+    try:
+        from opt_fast import mjx_envs
+    except ImportError as err:
+        raise ImportError(f"--env-backend mjx needs mujoco-mjx and jax ({err}): pip install 'opt-fast[mjx]'") from err
+    return mjx_envs
+
+
+def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
+    """A mid-episode env's full state: MuJoCo's physics, step count within the episode, and its RNG; plus, for
+    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets)."""
     sim = env.unwrapped
     physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
     mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
@@ -480,10 +625,7 @@ def get_env_state(env) -> dict[str, Any]:
             "task": env.task_state() if hasattr(env, "task_state") else None}
 
 
-def set_env_state(env, state: dict[str, Any]) -> None:
-    if "mjx" in state:
-        env.load_state_dict(state["mjx"])
-        return
+def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
     env.reset()  # marks the env as reset for gymnasium's order checks; everything is overwritten below
     sim = env.unwrapped
     mujoco.mj_setState(sim.model, sim.data, state["physics"], _MUJOCO_STATE)
@@ -540,26 +682,42 @@ def code_version() -> str:
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
              cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()) -> Trainer:
-    """A trainer for ``run_dir``: fresh (refusing to overwrite another run) or resumed from its last checkpoint.
+    """A trainer for one run of its own in ``run_dir``; see :func:`open_seed_batch`."""
+    return open_seed_batch([config], [run_dir], dataset, resume, cache_dir, collect_snapshots)
 
-    With a ``cache_dir``, a run starts from the cached offline phase and the stored collection prefix that match its
-    configuration, if any; ``collect_snapshots`` are the env steps at which its own collection stores its state.
+
+def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset, resume: bool,
+                    cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()) -> Trainer:
+    """A trainer for the seeds ``configs`` (each with its directory in ``run_dirs``): fresh (refusing to overwrite
+    another run) or resumed from their last checkpoints.
+
+    With a ``cache_dir``, the seeds start from the cached offline phase and the stored collection prefix that match
+    their configurations, if every seed has one; ``collect_snapshots`` are the env steps at which their own
+    collection stores its state.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        stored = Config.from_json(read_json(config_path))
-        if not resume:
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        if stored.to_json() != config.to_json():
-            raise ValueError(f"--resume: {config_path} differs from the requested configuration")
-    trainer = Trainer(config, run_dir, dataset, cache_dir, collect_snapshots)
-    if resume and (run_dir / "checkpoints" / "latest.pt").exists():
+    run_dirs = [Path(d) for d in run_dirs]
+    started = []
+    for config, run_dir in zip(configs, run_dirs):
+        config_path = run_dir / "config.json"
+        if config_path.exists():
+            stored = Config.from_json(read_json(config_path))
+            if not resume:
+                raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
+                                      "another --out")
+            if stored.to_json() != config.to_json():
+                raise ValueError(f"--resume: {config_path} differs from the requested configuration")
+        started.append((run_dir / "checkpoints" / "latest.pt").exists())
+    trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots)
+    if resume and any(started):
+        if not all(started):
+            raise ValueError(f"--resume: only {[str(d) for d, s in zip(run_dirs, started) if s]} of the seed batch "
+                             "have checkpoints; a seed batch resumes only from checkpoints it wrote together")
         trainer.resume()
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(config_path, config.to_json())
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for config, run_dir in zip(configs, run_dirs):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", config.to_json())
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         trainer.try_offline_cache()
     trainer.try_collect_cache()
     return trainer

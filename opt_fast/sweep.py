@@ -188,7 +188,7 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
         trainer = open_run(task.config, run_dir, load_training_data(task.config), resume=True,
                            cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots)
         if task.stop == "done":
-            return trainer.run()
+            return trainer.run()[0]
         trainer.run_until(task.stop)
         return {"run_dir": str(run_dir), "phase": trainer.progress.phase}
 

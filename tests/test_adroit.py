@@ -143,7 +143,7 @@ def door_expert(tmp_path_factory):
 @pytest.mark.parametrize("use_opt", [True, False])
 def test_spot_and_spot_opt_run_every_phase_on_door(tmp_path, door_expert, use_opt):
     config = resolve(Config(budget="smoke"), {"env": "door-expert", "opt": use_opt, **TINY}, "expert", "door")
-    summary = open_run(config, tmp_path / "run", door_expert, resume=False).run()
+    [summary] = open_run(config, tmp_path / "run", door_expert, resume=False).run()
     assert summary["variant"] == ("SPOT+OPT" if use_opt else "SPOT")
     phases = {"offline", "collect", "pretrain", "finetune"} if use_opt else {"offline", "finetune"}
     assert set(summary["phase_scores"]) == phases

@@ -159,15 +159,15 @@ def test_trainer_runs_on_antmaze_with_transformed_rewards(tmp_path, small_umaze)
                 eval_episodes=1, checkpoint_every=1000, hidden=(16, 16), vae_hidden=(16, 16), batch_size=16)
     config = resolve(Config(budget="smoke"), {"env": "antmaze-umaze", **tiny}, "umaze", "antmaze")
     trainer = open_run(config, tmp_path / "run", small_umaze, resume=False)
-    stored = trainer.offline_buffer.gather(np.arange(len(small_umaze)))["reward"]
+    stored = trainer.runs[0].offline_buffer.gather(np.arange(len(small_umaze)))["reward"]
     np.testing.assert_allclose(stored, small_umaze.rewards - 1.0)  # r - 1, SPOT/OPT's convention
-    summary = trainer.run()
+    [summary] = trainer.run()
     assert summary["variant"] == "SPOT+OPT" and summary["reference_scores"] == [0.0, 1.0]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         # One 700-step (or shorter, on success) episode: the score is 100 x its success.
         assert record["score"] == 100.0 * record["return_mean"] and record["return_mean"] in (0.0, 1.0)
-    online = trainer.online_buffer.gather(np.arange(trainer.online_buffer.size))["reward"]
+    online = trainer.runs[0].online_buffer.gather(np.arange(trainer.runs[0].online_buffer.size))["reward"]
     assert set(np.unique(online)) <= {-1.0, 0.0}
 
 

@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("mujoco.mjx")
 
 from opt_fast.config import Config, resolve  # noqa: E402
-from opt_fast.mjx_envs import MJXGymEnv  # noqa: E402
+from opt_fast.mjx_envs import MJXGymEnv, MJXSeedEnvs  # noqa: E402
 from opt_fast.pipeline import open_run  # noqa: E402
 from test_pipeline import dataset, final_params, run_with_interrupt, tiny_config  # noqa: E402,F401
 
@@ -38,25 +38,57 @@ def test_single_env_api_episodes_and_state_round_trip():
     np.testing.assert_allclose(restarted[:5], first[:5], atol=2e-2)
     assert not np.array_equal(restarted, first)  # a new noise draw from the env's own stream
 
-    # A mid-episode state restores into a fresh env and continues exactly.
-    env.reset(seed=9)
-    rollout(env, actions[:7])
-    state = env.state_dict()
-    later = np.random.default_rng(0).uniform(-1, 1, (60, 3)).astype(np.float32)
-    expected = rollout(env, later)
-    other = MJXGymEnv("hopper", seed=123)
-    other.load_state_dict(state)
-    for (obs, reward, term, trunc), (obs2, reward2, term2, trunc2) in zip(expected, rollout(other, later)):
-        np.testing.assert_array_equal(obs, obs2)
-        assert (reward, term, trunc) == (reward2, term2, trunc2)
+
+
+def seed_rollout(envs: MJXSeedEnvs, actions: np.ndarray) -> list[list[tuple]]:
+    """Steps of every env with ``actions`` [T, S, act], taking the next episode where one ends, as the trainer."""
+    steps = []
+    for step_actions in actions:
+        results = envs.step(step_actions)
+        row_steps = []
+        for row, (obs, reward, terminated, truncated) in enumerate(results):
+            if terminated or truncated:
+                obs = envs.next_episode(row)
+            row_steps.append((obs, reward, terminated, truncated))
+        steps.append(row_steps)
+    return steps
+
+
+def test_each_row_of_a_seed_batch_is_its_one_seed_env_and_restores_alone():
+    seeds = [3, 11]
+    batch = MJXSeedEnvs("hopper", seeds=seeds)
+    # Full throttle ends episodes (terminations) within the horizon, so the auto-resets' noise streams are compared.
+    actions = np.random.default_rng(0).uniform(-1, 1, (90, 2, 3)).astype(np.float32)
+    actions[:, :, 0] = 1.0
+    first = batch.reset(seeds)
+    steps = seed_rollout(batch, actions)
+    assert any(step[0][2] for step in steps), "the horizon should see a termination"
+    for row, seed in enumerate(seeds):
+        alone = MJXSeedEnvs("hopper", seeds=[seed])
+        np.testing.assert_array_equal(alone.reset([seed])[0], first[row])
+        for step, alone_step in zip(steps, seed_rollout(alone, actions[:, row:row + 1])):
+            np.testing.assert_allclose(step[row][0], alone_step[0][0], rtol=0, atol=1e-5)
+            assert step[row][1:] == pytest.approx(alone_step[0][1:], abs=1e-4)
+
+    # A mid-episode row state restores into a one-env batch and continues (to float32 rounding: XLA compiles the
+    # one-env step differently from the two-env one).
+    state = batch.state_dict(1)
+    later = np.random.default_rng(1).uniform(-1, 1, (60, 2, 3)).astype(np.float32)
+    expected = [step[1] for step in seed_rollout(batch, later)]
+    other = MJXSeedEnvs("hopper", seeds=[123])
+    other.load_state_dict(0, state)
+    for (obs, reward, term, trunc), [(obs2, reward2, term2, trunc2)] in zip(expected,
+                                                                            seed_rollout(other, later[:, 1:])):
+        np.testing.assert_allclose(obs, obs2, rtol=0, atol=1e-5)
+        assert (reward, term, trunc) == (pytest.approx(reward2, abs=1e-4), term2, trunc2)
     with pytest.raises(ValueError, match="another shape"):
-        MJXGymEnv("walker2d").load_state_dict(state)
+        MJXSeedEnvs("walker2d", seeds=[0]).load_state_dict(0, state)
 
 
 def test_mjx_run_resumes_to_the_same_result(tmp_path, dataset):  # noqa: F811
     config = tiny_config(env_backend="mjx")
     whole = open_run(config, tmp_path / "whole", dataset, resume=False)
-    summary = whole.run()
+    [summary] = whole.run()
     assert summary["online_steps"] == 100 and np.isfinite(summary["final_score"])
     resumed = run_with_interrupt(config, tmp_path / "resumed", dataset, "finetune", "online_step", 60)
     for name, value in final_params(whole).items():

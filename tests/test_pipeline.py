@@ -51,7 +51,7 @@ def run_with_interrupt(config, run_dir, dataset, phase, step_attr, at_step):
 def test_four_phases_write_every_file(tmp_path, dataset):
     config = tiny_config()
     trainer = open_run(config, tmp_path / "run", dataset, resume=False)
-    summary = trainer.run()
+    [summary] = trainer.run()
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text()) == config.to_json()
     for phase in ("offline", "collect", "pretrain", "finetune"):
@@ -92,7 +92,7 @@ def test_baseline_skips_opt_phases_and_shares_the_offline_phase(tmp_path, datase
     opt_run.run()
     cached = open_run(tiny_config(opt=False), tmp_path / "td3", dataset, resume=False, cache_dir=cache)
     assert cached.progress.phase == "finetune" and cached.progress.offline_step == TINY["offline_steps"]
-    summary = cached.run()
+    [summary] = cached.run()
     assert set(summary["phase_scores"]) == {"offline", "finetune"} and cached.agent.q_on is None
     # The same baseline without the cache does its own offline phase and ends identically.
     alone = open_run(tiny_config(opt=False), tmp_path / "td3-alone", dataset, resume=False)

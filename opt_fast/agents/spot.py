@@ -7,12 +7,14 @@ Online, the same loss runs on OPT's kappa-mixed critic with lam cooled towards `
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_loss, detached, members, optimizer_step
+from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_loss, detached, first_heads, optimizer_step, per_seed
 from opt_fast.config import Config
-from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, q_values
+from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, per_seed_output, q_values
 
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0
 """The encoder's log-std is clamped to this range (numerical stability, as SPOT and BCQ)."""
@@ -23,27 +25,30 @@ SAMPLE_LATENT_CLIP = 0.5
 class BehaviourVAE(nn.Module):
     """Conditional VAE of the behaviour policy: encoder q(z | s, a) and decoder a = tanh(D(s, z)), latent 2 x act."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (750, 750)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (750, 750),
+                 seed_generators: Sequence[torch.Generator | None] = (None,)):
         super().__init__()
         self.latent_dim = 2 * act_dim
         # One output layer for the mean and the log-std (SPOT's two heads on a shared trunk, concatenated).
-        self.encoder = EnsembleMLP(1, obs_dim + act_dim, 2 * self.latent_dim, hidden=hidden)
-        self.decoder = EnsembleMLP(1, obs_dim + self.latent_dim, act_dim, hidden=hidden)
+        self.encoder = EnsembleMLP(1, obs_dim + act_dim, 2 * self.latent_dim, hidden=hidden,
+                                   seed_generators=seed_generators)
+        self.decoder = EnsembleMLP(1, obs_dim + self.latent_dim, act_dim, hidden=hidden,
+                                   seed_generators=seed_generators)
 
     def nelbo(self, obs: torch.Tensor, action: torch.Tensor, beta: float, frozen: bool = False) -> torch.Tensor:
         """Negative ELBO per sample, one latent draw: mean_a (D(s, z) - a)^2 + beta * mean_z KL(q(z|s,a) || N(0, I)).
 
         ``frozen`` cuts the VAE's parameters from the graph: the actor's loss differentiates through the VAE with
-        respect to the action only. Returns [B].
+        respect to the action only. Returns [B] (or [S, B] for seed-batched inputs [S, B, ...]).
         """
         enc, dec = self.encoder.layer_params(), self.decoder.layer_params()
         if frozen:
             enc, dec = detached(enc), detached(dec)
-        mean, log_std = ensemble_forward(enc, torch.cat([obs, action], dim=-1))[0].chunk(2, dim=-1)
+        mean, log_std = per_seed_output(ensemble_forward(enc, torch.cat([obs, action], dim=-1)), obs).chunk(2, dim=-1)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         std = log_std.exp()
         z = mean + std * torch.randn_like(std)
-        reconstruction = torch.tanh(ensemble_forward(dec, torch.cat([obs, z], dim=-1))[0])
+        reconstruction = torch.tanh(per_seed_output(ensemble_forward(dec, torch.cat([obs, z], dim=-1)), obs))
         reconstruction_error = (reconstruction - action).pow(2).mean(dim=-1)
         kl = -0.5 * (1.0 + 2.0 * log_std - mean.pow(2) - std.pow(2)).mean(dim=-1)
         return reconstruction_error + beta * kl
@@ -51,22 +56,23 @@ class BehaviourVAE(nn.Module):
     @torch.no_grad()
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions of the modelled behaviour policy: the decoder at a prior latent clipped to +-0.5."""
-        z = torch.randn(obs.shape[0], self.latent_dim, device=obs.device).clamp(-SAMPLE_LATENT_CLIP, SAMPLE_LATENT_CLIP)
-        return torch.tanh(self.decoder(torch.cat([obs, z], dim=-1))[0])
+        z = torch.randn(*obs.shape[:-1], self.latent_dim, device=obs.device)
+        z = z.clamp(-SAMPLE_LATENT_CLIP, SAMPLE_LATENT_CLIP)
+        return torch.tanh(per_seed_output(self.decoder(torch.cat([obs, z], dim=-1)), obs))
 
 
 def spot_actor_loss(q: torch.Tensor, nelbo: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
-    """SPOT's actor loss: -E[Q] / mean|Q| (no gradient through the scale) + lam * E[nelbo]."""
-    return -q.mean() / q.abs().mean().detach() + lam * nelbo.mean()
+    """SPOT's actor loss: -E[Q] / mean|Q| (no gradient through the scale) + lam * E[nelbo]; per seed."""
+    return -q.mean(dim=-1) / q.abs().mean(dim=-1).detach() + lam * nelbo.mean(dim=-1)
 
 
 class SPOT(TD3):
     """Actor, twin critic Q_off, targets and optimizers as TD3 (with the config's LayerNorm and last-layer init),
     plus the behaviour VAE and SPOT's actor loss."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: Config):
-        super().__init__(obs_dim, act_dim, config)
-        self.vae = BehaviourVAE(obs_dim, act_dim, config.vae_hidden).to(self.device)
+    def __init__(self, obs_dim: int, act_dim: int, config: Config, generators: Sequence[torch.Generator | None] = (None,)):
+        super().__init__(obs_dim, act_dim, config, generators)
+        self.vae = BehaviourVAE(obs_dim, act_dim, config.vae_hidden, generators).to(self.device)
         # The VAE trains only during its own stage, so its optimizer is never reset.
         self.vae_opt = adam(self.vae.parameters(), config.vae_lr)
         self.vae_loss = self._vae_loss
@@ -78,7 +84,7 @@ class SPOT(TD3):
         self.offline_actor_loss = compile_loss(self._offline_actor_loss)
 
     def _vae_loss(self, batch: Batch) -> torch.Tensor:
-        return self.vae.nelbo(batch.obs, batch.action, self.config.vae_beta).mean()
+        return self.vae.nelbo(batch.obs, batch.action, self.config.vae_beta).mean(dim=-1)
 
     def actor_loss(self, obs: torch.Tensor, q_fn: QFunction, lam: torch.Tensor | float) -> torch.Tensor:
         """SPOT's actor loss on a critic given as a function of the actions; the VAE stays fixed."""
@@ -86,12 +92,13 @@ class SPOT(TD3):
         return spot_actor_loss(q_fn(pi), self.vae.nelbo(obs, pi, self.config.vae_beta, frozen=True), lam)
 
     def _offline_actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
-        q1_params = detached(members(self.critic.layer_params(), [0]))
-        return self.actor_loss(obs, lambda actions: q_values(q1_params, obs, actions)[0], self.config.spot_lambda)
+        q1_params = first_heads(self.critic.layer_params())
+        return self.actor_loss(obs, lambda actions: per_seed(q_values(q1_params, obs, actions), obs).select(-2, 0),
+                               self.config.spot_lambda)
 
     def online_actor_loss(self, obs: torch.Tensor, q_mix: QFunction, online_progress: torch.Tensor) -> torch.Tensor:
         """SPOT online (§3.3) on Q_mix, lam_t = lam_spot * max(lam_end, 1 - online_progress)."""
-        cooling = torch.clamp(1.0 - online_progress, min=self.config.spot_lambda_end)
+        cooling = torch.clamp(1.0 - online_progress, min=self.config.spot_lambda_end)  # per seed
         return self.actor_loss(obs, q_mix, self.config.spot_lambda * cooling)
 
     def offline_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:

@@ -2,6 +2,9 @@
 
 The losses are functions of layer parameters so that the same code serves one critic, several critics stacked
 into one batched call (Q_off and Q_on), and the inner-stepped parameters of OPT's meta-adaptation.
+
+A batch is one seed's ([B, ...]) or S seeds' ([S, B, ...], seed-batched networks); every loss is then per seed
+([S]), and the agent backpropagates their sum: the seeds' parameters are disjoint, so each gets its own gradient.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +28,8 @@ QFunction = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Batch:
-    """A batch of transitions as float32 tensors; ``done`` is 1.0 only for true terminations."""
+    """A batch of transitions as float32 tensors, [B, ...] or [S, B, ...]; ``done`` is 1.0 only for true
+    terminations."""
 
     obs: torch.Tensor
     action: torch.Tensor
@@ -36,9 +41,17 @@ class Batch:
     def from_numpy(cls, arrays: dict, device: torch.device | str) -> "Batch":
         return cls(*(torch.as_tensor(arrays[k], device=device) for k in ("obs", "action", "reward", "next_obs", "done")))
 
+    @classmethod
+    def stack(cls, per_seed: Sequence[dict], device: torch.device | str) -> "Batch":
+        """S seeds' batches (numpy arrays of the same sizes) as one [S, B, ...] batch."""
+        keys = ("obs", "action", "reward", "next_obs", "done")
+        return cls(*(torch.as_tensor(np.stack([arrays[k] for arrays in per_seed]), device=device) for k in keys))
+
 
 def members(params: Sequence[LayerParams], index: Sequence[int]) -> list[LayerParams]:
     """The given ensemble members' parameters (e.g. [0] = Q_1 of a twin critic)."""
+    if isinstance(index, slice):
+        return [tuple(None if p is None else p[index] for p in layer) for layer in params]  # type: ignore[misc]
     idx = list(index)
     return [tuple(None if p is None else p[idx] for p in layer) for layer in params]  # type: ignore[misc]
 
@@ -48,49 +61,79 @@ def detached(params: Sequence[LayerParams]) -> list[LayerParams]:
     return [tuple(None if p is None else p.detach() for p in layer) for layer in params]  # type: ignore[misc]
 
 
+def per_seed(values: torch.Tensor, batch_obs: torch.Tensor) -> torch.Tensor:
+    """Ensemble outputs [E, B] as [S, E / S, B] for a seed-batched ``batch_obs`` [S, B, obs], else [E, B]."""
+    if batch_obs.dim() == 3:
+        return values.view(batch_obs.shape[0], -1, values.shape[-1])
+    return values
+
+
+def first_heads(params: Sequence[LayerParams]) -> list[LayerParams]:
+    """Q_1 of every twin pair of a (stacked, seed-batched) critic ensemble, cut from the graph: the critic an actor
+    follows, without putting gradients into it."""
+    return detached(members(params, slice(0, None, 2)))
+
+
 def td_target(
     target_params: Sequence[LayerParams], target_actor: nn.Module, batch: Batch, config: Config
 ) -> torch.Tensor:
-    """y = r + gamma (1 - done) min_j Qtarg_j(s', a') with target-policy smoothing, per twin pair: [n_twins, B]."""
+    """y = r + gamma (1 - done) min_j Qtarg_j(s', a') with target-policy smoothing, per twin pair: [(S,) n_twins, B]."""
     with torch.no_grad():
         noise = (torch.randn_like(batch.action) * config.policy_noise).clamp(-config.noise_clip, config.noise_clip)
         next_action = (target_actor(batch.next_obs) + noise).clamp(-1.0, 1.0)
-        next_q = q_values(target_params, batch.next_obs, next_action)
-        next_q = next_q.view(-1, 2, next_q.shape[-1]).amin(dim=1)
-        return batch.reward + config.gamma * (1.0 - batch.done) * next_q
+        next_q = per_seed(q_values(target_params, batch.next_obs, next_action), batch.obs)
+        next_q = next_q.unflatten(-2, (-1, 2)).amin(dim=-2)
+        return batch.reward.unsqueeze(-2) + config.gamma * (1.0 - batch.done.unsqueeze(-2)) * next_q
 
 
 def td_losses(params: Sequence[LayerParams], batch: Batch, target: torch.Tensor) -> torch.Tensor:
-    """L_TD = sum_{j=1,2} E[(Q_j(s, a) - y)^2] for each twin pair of the (stacked) ensemble: [n_twins]."""
-    q = q_values(params, batch.obs, batch.action)
-    q = q.view(-1, 2, q.shape[-1])
-    return (q - target.unsqueeze(1)).pow(2).mean(dim=-1).sum(dim=-1)
+    """L_TD = sum_{j=1,2} E[(Q_j(s, a) - y)^2] for each twin pair of the (stacked) ensemble: [(S,) n_twins]."""
+    q = per_seed(q_values(params, batch.obs, batch.action), batch.obs).unflatten(-2, (-1, 2))
+    return (q - target.unsqueeze(-2)).pow(2).mean(dim=-1).sum(dim=-1)
 
 
 def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], batch: Batch, alpha: float):
-    """TD3+BC: -lam E[Q_1(s, pi(s))] + E[(pi(s) - a)^2], lam = alpha / mean|Q_1| (no gradient through lam)."""
+    """TD3+BC: -lam E[Q_1(s, pi(s))] + E[(pi(s) - a)^2], lam = alpha / mean|Q_1| (no gradient through lam); per
+    seed."""
     pi = actor(batch.obs)
-    q = q_values(detached(members(critic_params, [0])), batch.obs, pi)[0]
-    lam = alpha / q.abs().mean().detach()
-    return -lam * q.mean() + (pi - batch.action).pow(2).mean()
+    q = per_seed(q_values(first_heads(critic_params), batch.obs, pi), batch.obs).select(-2, 0)
+    lam = alpha / q.abs().mean(dim=-1).detach()
+    return -lam * q.mean(dim=-1) + (pi - batch.action).pow(2).mean(dim=(-2, -1))
 
 
-def network_options(config: Config, last_layer_init: float) -> dict[str, Any]:
-    """EnsembleMLP options of an actor or critic: hidden sizes, LayerNorm, last-layer init (0 = PyTorch default).
+def network_options(config: Config, last_layer_init: float,
+                    seed_generators: Sequence[torch.Generator | None] = (None,)) -> dict[str, Any]:
+    """EnsembleMLP options of an actor or critic: hidden sizes, LayerNorm, last-layer init (0 = PyTorch default),
+    and the seeds' generators.
 
     OPT's Q_on uses the critic's options, so it has Q_off's architecture on either backbone.
     """
-    return dict(hidden=config.hidden, layer_norm=config.layer_norm, last_layer_init=last_layer_init or None)
+    return dict(hidden=config.hidden, layer_norm=config.layer_norm, last_layer_init=last_layer_init or None,
+                seed_generators=seed_generators)
+
+
+def seed_generators(seeds: Sequence[int] | None) -> list[torch.Generator | None]:
+    """One CPU generator per seed, each drawing what torch's global generator draws after ``manual_seed(seed)``;
+    ``None``: the global generator itself (one seed)."""
+    return [None] if seeds is None else [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
 class TD3:
-    """Actor, twin critic Q_off, their target networks and optimizers; TD3+BC offline updates."""
+    """Actor, twin critic Q_off, their target networks and optimizers; TD3+BC offline updates.
 
-    def __init__(self, obs_dim: int, act_dim: int, config: Config):
+    With ``seeds``, the networks hold one independent copy per seed (seed-batched), each initialised as a one-seed
+    agent built after ``torch.manual_seed(seed)``; one Adam over the stacked parameters is S independent Adams
+    (Adam is elementwise, and the seeds step together).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, config: Config, generators: Sequence[torch.Generator | None] = (None,)):
         self.config = config
         self.device = torch.device(config.device)
-        self.actor = DeterministicActor(obs_dim, act_dim, **network_options(config, config.actor_init)).to(self.device)
-        self.critic = Critic(obs_dim, act_dim, n_heads=2, **network_options(config, config.critic_init)).to(self.device)
+        self.n_seeds = len(generators)
+        self.actor = DeterministicActor(obs_dim, act_dim,
+                                        **network_options(config, config.actor_init, generators)).to(self.device)
+        self.critic = Critic(obs_dim, act_dim, n_heads=2,
+                             **network_options(config, config.critic_init, generators)).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.reset_optimizers()
@@ -108,18 +151,19 @@ class TD3:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions: obs [B, obs] of a one-seed agent, or [S, B, obs] (one row set per seed)."""
         return self.actor(obs)
 
     def _critic_loss(self, batch: Batch) -> torch.Tensor:
         target = td_target(self.critic_target.layer_params(), self.actor_target, batch, self.config)
-        return td_losses(self.critic.layer_params(), batch, target).sum()
+        return td_losses(self.critic.layer_params(), batch, target).sum(dim=-1)
 
     def _bc_actor_loss(self, batch: Batch) -> torch.Tensor:
         return td3_bc_actor_loss(self.actor, self.critic.layer_params(), batch, self.config.bc_alpha)
 
     def online_actor_loss(self, obs: torch.Tensor, q_mix: QFunction, online_progress: torch.Tensor) -> torch.Tensor:
-        """TD3 online: -E[Q_mix(s, pi(s))], no BC term (§3.3). ``online_progress`` is unused by TD3."""
-        return -q_mix(self.actor(obs)).mean()
+        """TD3 online: -E[Q_mix(s, pi(s))], no BC term (§3.3); per seed. ``online_progress`` is unused by TD3."""
+        return -q_mix(self.actor(obs)).mean(dim=-1)
 
     def offline_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One TD3+BC step: critic every step; actor and Polyak updates every ``policy_delay`` steps."""
@@ -167,8 +211,9 @@ def compile_loss(fn: Callable) -> Callable:
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
-    """Backpropagate ``loss`` into the optimizer's parameters and step; returns the detached loss."""
+    """Backpropagate ``loss`` (summed over seeds) into the optimizer's parameters and step; returns the detached
+    loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
     return loss.detach()
