@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.td3 import Batch, _adam_and_polyak, _adam_group, compiled_updates, eager_updates
 from opt_fast.config import Config
 
 
@@ -59,3 +59,27 @@ def test_update_losses_have_no_graph_breaks():
         explanation = torch._dynamo.explain(fn)(*args)
         assert explanation.graph_break_count == 0, (fn.__qualname__, explanation.break_reasons)
         assert explanation.graph_count == 1
+
+
+def test_parameter_updates_compile_to_one_graph_and_step_like_torch_adam():
+    """The compiled Adam + Polyak step is one graph, and matches torch's fused Adam and the eager lerps."""
+    torch.manual_seed(0)
+    eager = OPTAgent(5, 2, Config(hidden=(16,)))
+    compiled = copy.deepcopy(eager)
+    apply = compiled_updates()
+    for agent, updates in ((eager, eager_updates), (compiled, apply)):
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(4):  # the first step creates Adam's state (eagerly), the others run the compiled graph
+            for p in agent.backbone.critic.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            updates([agent.backbone.critic_opt], [(agent.backbone.critic_target, agent.backbone.critic)], tau=0.05)
+    for name in ("critic", "critic_target"):
+        for a, b in zip(eager.modules()[name].parameters(), compiled.modules()[name].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    state = _adam_group(compiled.backbone.critic_opt)
+    assert float(state[4][0]) == 4.0  # Adam's own step count moved on: checkpoints stay torch Adam's
+    torch._dynamo.reset()
+    critic = compiled.backbone
+    explanation = torch._dynamo.explain(_adam_and_polyak)(
+        [_adam_group(critic.critic_opt)], list(critic.critic_target.parameters()), list(critic.critic.parameters()), 0.05)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from opt_fast.agents.spot import SPOT
-from opt_fast.agents.td3 import (TD3, Batch, compile_loss, first_heads, network_options, optimizer_step, per_seed,
+from opt_fast.agents.td3 import (TD3, Batch, compile_fullgraph, first_heads, network_options, per_seed,
                                  seed_generators, td_losses, td_target)
 from opt_fast.config import Config, online_discount
-from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, polyak_update, q_values, stack_params
+from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, q_values, stack_params
 
 _LOG_EPS = 1e-10
 
@@ -90,15 +90,16 @@ class OPTAgent:
         self.density_step_loss = self._density_step_loss
 
     def compile(self) -> None:
-        """Compile the loss computations (forward and backward graphs); optimizer steps stay eager (fused Adam).
+        """Compile the loss computations (forward and backward graphs) and the parameter updates (Adam steps and
+        Polyak updates, :func:`opt_fast.agents.td3.compiled_updates`), each one graph without breaks.
 
         The meta-adaptation loss stays eager: TorchDynamo does not trace ``torch.autograd.grad`` with
         ``create_graph``, and its ``torch.func.grad`` form compiled but ran ~20x slower than eager here.
         """
         self.backbone.compile()
-        self.finetune_critic_loss = compile_loss(self._finetune_critic_loss)
-        self.finetune_actor_loss = compile_loss(self._finetune_actor_loss)
-        self.density_step_loss = compile_loss(self._density_step_loss)
+        self.finetune_critic_loss = compile_fullgraph(self._finetune_critic_loss)
+        self.finetune_actor_loss = compile_fullgraph(self._finetune_actor_loss)
+        self.density_step_loss = compile_fullgraph(self._density_step_loss)
 
     # ---------------------------------------------------------------- phase 2b: online pre-training of Q_on
     def pretrain_losses(self, off: Batch | None, on: Batch | None) -> dict[str, torch.Tensor]:
@@ -126,9 +127,8 @@ class OPTAgent:
         if self.q_on is None:
             raise RuntimeError("online pre-training needs OPT on (config.opt)")
         losses = self.pretrain_losses(off, on)
-        optimizer_step(self.q_on_opt, losses["loss"])
-        if (step + 1) % self.config.policy_delay == 0:
-            polyak_update(self.q_on_target, self.q_on, self.config.tau)
+        delayed = (step + 1) % self.config.policy_delay == 0
+        self.backbone.optimize(losses["loss"], [self.q_on_opt], [(self.q_on_target, self.q_on)] if delayed else [])
         return {k: v.detach() for k, v in losses.items()}
 
     # ---------------------------------------------------------------- phase 3: online fine-tuning
@@ -192,28 +192,22 @@ class OPTAgent:
         every ``policy_delay`` updates: actor step on the kappa-mixed critic and Polyak update of all targets.
         ``online_progress`` is the fraction of the online budget spent (SPOT cools its density weight with it).
         """
-        info = {"density_loss": optimizer_step(self.density_opt, self.density_step_loss(off, on))}
+        backbone = self.backbone
+        info = {"density_loss": backbone.optimize(self.density_step_loss(off, on), [self.density_opt])}
         new_priorities = self.priorities(batch, off)
-        critic_losses = self.finetune_critic_loss(batch)
-        optimizers = [self.backbone.critic_opt] + ([] if self.q_on is None else [self.q_on_opt])
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        critic_losses.sum().backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        info["critic_loss"] = critic_losses[..., 0].detach()
+        optimizers = [backbone.critic_opt] + ([] if self.q_on is None else [self.q_on_opt])
+        critic_losses = backbone.optimize(self.finetune_critic_loss(batch), optimizers)
+        info["critic_loss"] = critic_losses[..., 0]
         if self.q_on is not None:
-            info["q_on_loss"] = critic_losses[..., 1].detach()
+            info["q_on_loss"] = critic_losses[..., 1]
         if (step + 1) % self.config.policy_delay == 0:
             device = batch.obs.device
             actor_loss = self.finetune_actor_loss(
                 batch.obs, torch.as_tensor(kappa, dtype=torch.float32, device=device),
                 torch.as_tensor(online_progress, dtype=torch.float32, device=device)
             )
-            info["actor_loss"] = optimizer_step(self.backbone.actor_opt, actor_loss)
-            self.backbone.update_targets()
-            if self.q_on is not None:
-                polyak_update(self.q_on_target, self.q_on, self.config.tau)
+            targets = backbone.target_pairs() + ([] if self.q_on is None else [(self.q_on_target, self.q_on)])
+            info["actor_loss"] = backbone.optimize(actor_loss, [backbone.actor_opt], targets)
         return info, new_priorities
 
     # ---------------------------------------------------------------- one seed's view (evaluation)

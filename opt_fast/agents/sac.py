@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opt_fast.agents.td3 import Batch, detached, optimizer_step, td_losses
-from opt_fast.networks import Critic, EnsembleMLP, adam, polyak_update, q_values
+from opt_fast.agents.td3 import Batch, detached, optimize, td_losses
+from opt_fast.networks import Critic, EnsembleMLP, adam, q_values
 
 # Log-std range of the Gaussian before the tanh: the usual SAC choice (e.g. rlkit's TanhGaussianPolicy).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -120,18 +120,15 @@ class SAC:
             next_action, next_log_prob = self.actor(batch.next_obs, self.generator)
             next_q = self.critic_target(batch.next_obs, next_action).amin(dim=0)
             target = batch.reward + self.config.gamma * (1.0 - batch.done) * (next_q - alpha * next_log_prob)
-        critic_loss = optimizer_step(
-            self.critic_opt, td_losses(self.critic.layer_params(), batch, target.unsqueeze(0)).sum()
-        )
+        critic_loss = optimize(td_losses(self.critic.layer_params(), batch, target.unsqueeze(0)).sum(),
+                               [self.critic_opt])
         # Actor: E_s E_{a ~ pi}[alpha log pi(a|s) - min_j Q_j(s, a)], reparameterised, critics held fixed.
         action, log_prob = self.actor(batch.obs, self.generator)
         q_pi = q_values(detached(self.critic.layer_params()), batch.obs, action).amin(dim=0)
-        actor_loss = optimizer_step(self.actor_opt, (alpha * log_prob - q_pi).mean())
+        actor_loss = optimize((alpha * log_prob - q_pi).mean(), [self.actor_opt])
         # Temperature: J(alpha) = E[-alpha (log pi(a|s) + target_entropy)].
-        alpha_loss = optimizer_step(
-            self.alpha_opt, -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
-        )
-        polyak_update(self.critic_target, self.critic, self.config.tau)
+        alpha_loss = optimize(-(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean(),
+                              [self.alpha_opt], polyak=[(self.critic_target, self.critic)], tau=self.config.tau)
         return {
             "critic_loss": critic_loss.item(),
             "actor_loss": actor_loss.item(),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_loss, detached, first_heads, optimizer_step, per_seed
+from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_fullgraph, detached, first_heads, per_seed
 from opt_fast.config import Config
 from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, per_seed_output, q_values
 
@@ -79,9 +79,9 @@ class SPOT(TD3):
         self.offline_actor_loss = self._offline_actor_loss
 
     def compile(self) -> None:
-        self.critic_loss = compile_loss(self._critic_loss)
-        self.vae_loss = compile_loss(self._vae_loss)
-        self.offline_actor_loss = compile_loss(self._offline_actor_loss)
+        super().compile()
+        self.vae_loss = compile_fullgraph(self._vae_loss)
+        self.offline_actor_loss = compile_fullgraph(self._offline_actor_loss)
 
     def _vae_loss(self, batch: Batch) -> torch.Tensor:
         return self.vae.nelbo(batch.obs, batch.action, self.config.vae_beta).mean(dim=-1)
@@ -105,12 +105,12 @@ class SPOT(TD3):
         """Steps 0 .. vae_steps-1 train the VAE; then SPOT steps: critic every step, actor and Polyak updates
         every ``policy_delay`` steps."""
         if step < self.config.vae_steps:
-            return {"vae_loss": optimizer_step(self.vae_opt, self.vae_loss(batch))}
+            return {"vae_loss": self.optimize(self.vae_loss(batch), [self.vae_opt])}
         step -= self.config.vae_steps
-        info = {"critic_loss": optimizer_step(self.critic_opt, self.critic_loss(batch))}
+        info = {"critic_loss": self.optimize(self.critic_loss(batch), [self.critic_opt])}
         if (step + 1) % self.config.policy_delay == 0:
-            info["actor_loss"] = optimizer_step(self.actor_opt, self.offline_actor_loss(batch.obs))
-            self.update_targets()
+            info["actor_loss"] = self.optimize(self.offline_actor_loss(batch.obs), [self.actor_opt],
+                                               self.target_pairs())
         return info
 
     def modules(self) -> dict[str, nn.Module]:

@@ -139,10 +139,12 @@ class TD3:
         self.reset_optimizers()
         self.critic_loss = self._critic_loss
         self.bc_actor_loss = self._bc_actor_loss
+        self.apply_updates: UpdateFn = eager_updates
 
     def compile(self) -> None:
-        self.critic_loss = compile_loss(self._critic_loss)
-        self.bc_actor_loss = compile_loss(self._bc_actor_loss)
+        self.critic_loss = compile_fullgraph(self._critic_loss)
+        self.bc_actor_loss = compile_fullgraph(self._bc_actor_loss)
+        self.apply_updates = compiled_updates()
 
     def reset_optimizers(self) -> None:
         """Fresh Adam states (the paper resets actor and Q_off optimizers at the offline-to-online switch)."""
@@ -167,15 +169,19 @@ class TD3:
 
     def offline_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One TD3+BC step: critic every step; actor and Polyak updates every ``policy_delay`` steps."""
-        info = {"critic_loss": optimizer_step(self.critic_opt, self.critic_loss(batch))}
+        info = {"critic_loss": self.optimize(self.critic_loss(batch), [self.critic_opt])}
         if (step + 1) % self.config.policy_delay == 0:
-            info["actor_loss"] = optimizer_step(self.actor_opt, self.bc_actor_loss(batch))
-            self.update_targets()
+            info["actor_loss"] = self.optimize(self.bc_actor_loss(batch), [self.actor_opt], self.target_pairs())
         return info
 
-    def update_targets(self) -> None:
-        polyak_update(self.critic_target, self.critic, self.config.tau)
-        polyak_update(self.actor_target, self.actor, self.config.tau)
+    def optimize(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer],
+                 polyak: Sequence[tuple[nn.Module, nn.Module]] = ()) -> torch.Tensor:
+        """:func:`optimize` with this agent's parameter updates (eager, or compiled by :meth:`compile`)."""
+        return optimize(loss, optimizers, self.apply_updates, polyak, self.config.tau)
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(target, source) of the networks whose targets follow them by Polyak averaging."""
+        return [(self.critic_target, self.critic), (self.actor_target, self.actor)]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
@@ -185,11 +191,11 @@ class TD3:
         return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
 
 
-def compile_loss(fn: Callable) -> Callable:
+def compile_fullgraph(fn: Callable) -> Callable:
     """``torch.compile(fn, fullgraph=True)`` (CUDA graphs on CUDA), falling back to eager with a message if it fails.
 
-    The loss functions are pure (they only read parameters), so re-running one eagerly after a failed compiled
-    call is safe.
+    Compilation fails before the compiled code runs, so re-running ``fn`` eagerly after a failed compiled call is
+    safe, for the pure loss functions and for the in-place parameter updates alike.
     """
     mode = "reduce-overhead" if torch.cuda.is_available() else None
     compiled = torch.compile(fn, fullgraph=True, mode=mode)
@@ -210,10 +216,71 @@ def compile_loss(fn: Callable) -> Callable:
     return call
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
-    """Backpropagate ``loss`` (summed over seeds) into the optimizer's parameters and step; returns the detached
-    loss."""
-    optimizer.zero_grad(set_to_none=True)
+UpdateFn = Callable[..., None]
+"""Applies optimizer steps and Polyak updates: ``(optimizers, polyak=((target, source), ...), tau=0.0)``."""
+
+
+def eager_updates(optimizers: Sequence[torch.optim.Optimizer], polyak: Sequence[tuple[nn.Module, nn.Module]] = (),
+                  tau: float = 0.0) -> None:
+    """torch's fused Adam step of every optimizer, then target <- (1 - tau) target + tau source for each pair."""
+    for optimizer in optimizers:
+        optimizer.step()
+    for target, source in polyak:
+        polyak_update(target, source, tau)
+
+
+@torch.no_grad()
+def _adam_and_polyak(groups: list[tuple], targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float):
+    """Adam's update (as torch's fused Adam computes it, on its state tensors) of every group, then the lerps of
+    the targets: pure tensor arithmetic that Inductor fuses into a few kernels, without a graph break."""
+    for params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps in groups:
+        for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+            step.add_(1)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
+            param.sub_(lr / (1 - beta1**step) * exp_avg / denom)
+    if targets:
+        torch._foreach_lerp_(targets, sources, tau)
+
+
+def _adam_group(optimizer: torch.optim.Optimizer) -> tuple | None:
+    """An :func:`opt_fast.networks.adam` optimizer's parameters with gradients, their state and settings, or None
+    before its first step (Adam creates its state there)."""
+    group = optimizer.param_groups[0]
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params or any(not optimizer.state.get(p) for p in params):
+        return None
+    states = [optimizer.state[p] for p in params]
+    return (params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states], group["lr"], *group["betas"], group["eps"])
+
+
+def compiled_updates() -> UpdateFn:
+    """:func:`eager_updates` as one compiled graph per call: Adam's arithmetic on the optimizers' own state (so
+    checkpoints and resumption stay torch's Adam) and the Polyak lerps. The first step of a fresh optimizer runs
+    eagerly: it creates Adam's state."""
+    kernel = compile_fullgraph(_adam_and_polyak)
+
+    def apply(optimizers: Sequence[torch.optim.Optimizer], polyak: Sequence[tuple[nn.Module, nn.Module]] = (),
+              tau: float = 0.0) -> None:
+        groups = [_adam_group(optimizer) for optimizer in optimizers]
+        if any(group is None for group in groups):
+            eager_updates(optimizers, polyak, tau)
+            return
+        targets = [p for target, _ in polyak for p in target.parameters()]
+        sources = [p for _, source in polyak for p in source.parameters()]
+        kernel(groups, targets, sources, tau)
+
+    return apply
+
+
+def optimize(loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer], apply: UpdateFn = eager_updates,
+             polyak: Sequence[tuple[nn.Module, nn.Module]] = (), tau: float = 0.0) -> torch.Tensor:
+    """Backpropagate ``loss`` (summed over seeds and heads) into the optimizers' parameters, step them and apply the
+    Polyak updates; returns the detached loss."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
-    optimizer.step()
+    apply(optimizers, polyak, tau)
     return loss.detach()
