@@ -430,11 +430,14 @@ def _provenance(finished: list[Run], command: str | None) -> list[Table | str]:
     items.append(Table(["data file", "source", "metadata"], [data_rows[key] for key in sorted(data_rows)]))
     seconds: dict[str, dict[str, list[float]]] = {}
     for run in finished:
+        # A seed batch's phases took their time for all its seeds together: each seed's share is the time / S.
+        batch_size = len(run.summary.get("seed_batch") or [run.summary["seed"]])
         for phase, value in run.summary.get("phase_seconds", {}).items():
-            seconds.setdefault(method_name(run.config), {}).setdefault(phase, []).append(value)
+            seconds.setdefault(method_name(run.config), {}).setdefault(phase, []).append(value / batch_size)
     phases = ("offline", "collect", "pretrain", "finetune")
     items.append("Wall time per run and phase, seconds (mean over runs; a run that took its offline phase from the "
-                 "shared cache counts the run that computed it):")
+                 "shared cache counts the run that computed it; a seed trained in a batch of S counts 1/S of the "
+                 "batch's time):")
     items.append(Table(["method", *phases, "runs"],
                        [[method, *(f"{np.mean(by_phase[p]):.0f}" if p in by_phase else "—" for p in phases),
                          str(max(len(v) for v in by_phase.values()))]

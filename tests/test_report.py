@@ -167,3 +167,17 @@ def test_report_lists_unfinished_runs_and_refuses_empty_input(runs, tmp_path):
     markdown = report.markdown.read_text()
     assert "from 1 finished run(s) (1 unfinished, not counted)" in markdown
     assert f"| {unfinished.resolve()} |" in markdown and "| unfinished |" in markdown
+
+
+def test_a_batched_seed_counts_its_share_of_the_batch_wall_time(runs, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    for path in copy.rglob("summary.json"):
+        summary = json.loads(path.read_text())
+        batch = [0, 1, 2, 3] if summary["variant"] == "TD3" else [summary["seed"]]
+        path.write_text(json.dumps({**summary, "seed_batch": batch, "phase_seconds": {"offline": 100.0}}))
+    provenance = build_report([copy], tmp_path / "report", bootstrap_reps=100).markdown.read_text()
+    provenance = provenance.split("## Provenance")[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in provenance.splitlines()
+            if line.startswith("| ") and line.count("|") == 7}
+    assert rows["TD3"] == "25" and rows["TD3+OPT"] == "100"
