@@ -7,7 +7,7 @@ pytest.importorskip("mujoco.mjx")
 
 from opt_fast.config import Config, resolve  # noqa: E402
 from opt_fast.mjx_envs import MJXGymEnv, MJXSeedEnvs  # noqa: E402
-from opt_fast.pipeline import open_run  # noqa: E402
+from opt_fast.pipeline import open_run, open_seed_batch  # noqa: E402
 from test_pipeline import dataset, final_params, run_with_interrupt, tiny_config  # noqa: E402,F401
 
 
@@ -103,3 +103,19 @@ def test_mjx_backend_is_refused_where_it_has_no_env():
         resolve(Config(budget="smoke"), {"env": "door-cloned", "env_backend": "mjx"}, "cloned", "door")
     with pytest.raises(ValueError, match="--env-backend must be one of gymnasium, mjx, got 'brax'"):
         resolve(Config(budget="smoke"), {"env": "hopper-random", "env_backend": "brax"}, "random")
+
+
+def test_a_seed_batch_on_mjx_steps_every_seed_in_one_batch_as_its_one_seed_run(tmp_path, dataset):  # noqa: F811
+    seeds = (0, 1)
+    configs = [tiny_config(env_backend="mjx", policy_noise=0.0, seed=s, seed_batch=seeds) for s in seeds]
+    batched = open_seed_batch(configs, [tmp_path / f"b{s}" for s in seeds], dataset, resume=False)
+    assert isinstance(batched.envs, MJXSeedEnvs)
+    batched.run()
+    for index, seed in enumerate(seeds):
+        alone = open_run(tiny_config(env_backend="mjx", policy_noise=0.0, seed=seed), tmp_path / f"s{seed}", dataset,
+                         resume=False)
+        alone.run()
+        rows = np.arange(alone.runs[0].online_buffer.size)
+        got, want = (t.runs[i].online_buffer.gather(rows) for t, i in ((batched, index), (alone, 0)))
+        for key in ("obs", "reward", "done"):
+            np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-3, err_msg=f"seed {seed}: {key}")
