@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import gymnasium
 import numpy as np
@@ -35,41 +36,96 @@ def reliable_prefix(length: int, terminated: bool, gamma: float, tolerance: floa
     return max(length - needed, 0)
 
 
+Critics = Sequence[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]]
+"""Named functions Q_1(s, a) -> [B] whose value-estimation bias an evaluation measures."""
+
+
+@dataclass
+class Episode:
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    terminated: bool = False
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of evaluation episode ``episode`` of a run of ``seed``."""
+    return EVAL_SEED_OFFSET + seed * 1000 + episode
+
+
 @torch.no_grad()
 def evaluate(
     policy: Callable[[torch.Tensor], torch.Tensor],
     env: gymnasium.Env,
     episodes: int,
     seed: int,
-    critics: Sequence[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = (),
+    critics: Critics = (),
     gamma: float = 0.99,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Roll out the deterministic policy for ``episodes`` episodes of a separately seeded env.
+    """Roll out the deterministic policy for ``episodes`` episodes of a separately seeded env; see :func:`summarize`."""
+    rollouts = []
+    for index in range(episodes):
+        obs, _ = env.reset(seed=episode_seed(seed, index))
+        episode = Episode()
+        truncated = False
+        while not (episode.terminated or truncated):
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            episode.observations.append(obs)
+            episode.actions.append(action)
+            obs, reward, episode.terminated, truncated, _ = env.step(action)
+            episode.rewards.append(float(reward))
+        rollouts.append(episode)
+    return summarize(rollouts, critics, gamma, device)
 
-    ``critics`` are named functions Q_1(s, a) -> [B]. Returns the mean/std return and, for each named critic, the
-    mean Q_1(s_t, a_t) over the visited steps with a
-    reliable Monte-Carlo return, next to the mean of those returns (``<name>_q``, ``mc_return``, ``<name>_bias``).
-    """
+
+@torch.no_grad()
+def evaluate_seed_batch(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    envs,
+    seeds: Sequence[int],
+    episodes: int,
+    device: torch.device | str = "cpu",
+) -> list[list[Episode]]:
+    """Every seed's ``episodes`` evaluation episodes at once on one batch of envs (``MJXSeedEnvs`` of S x episodes
+    rows), each row reset with the seed :func:`evaluate` gives that episode; ``policy`` maps obs [S, episodes, obs]
+    to actions [S, episodes, act] (a seed-batched actor). Returns each seed's episodes for :func:`summarize`."""
+    n_seeds = len(seeds)
+    obs = np.stack(envs.reset([episode_seed(seed, i) for seed in seeds for i in range(episodes)]))
+    rollouts = [Episode() for _ in range(n_seeds * episodes)]
+    running = np.ones(len(rollouts), dtype=bool)
+    while running.any():
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).view(n_seeds, episodes, -1)
+        actions = policy(obs_t).reshape(n_seeds * episodes, -1).cpu().numpy()
+        results = envs.step(actions)
+        for row in np.flatnonzero(running):
+            next_obs, reward, terminated, truncated = results[row]
+            episode = rollouts[row]
+            episode.observations.append(obs[row])
+            episode.actions.append(actions[row])
+            episode.rewards.append(reward)
+            if terminated or truncated:
+                episode.terminated = terminated
+                running[row] = False
+        # A row whose episode ended runs on (auto-reset) until every row has ended; its later steps are not kept.
+        obs = np.stack([result[0] for result in results])
+    return [rollouts[s * episodes:(s + 1) * episodes] for s in range(n_seeds)]
+
+
+def summarize(rollouts: Sequence[Episode], critics: Critics = (), gamma: float = 0.99,
+              device: torch.device | str = "cpu") -> dict[str, float]:
+    """The mean/std return of the episodes and, for each named critic, the mean Q_1(s_t, a_t) over the visited steps
+    with a reliable Monte-Carlo return, next to the mean of those returns (``<name>_q``, ``mc_return``,
+    ``<name>_bias``)."""
     episode_returns, all_obs, all_actions, all_mc = [], [], [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed * 1000 + episode)
-        observations, actions, rewards = [], [], []
-        terminated = truncated = False
-        while not (terminated or truncated):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            action = policy(obs_t.unsqueeze(0))[0].cpu().numpy()
-            observations.append(obs)
-            actions.append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            rewards.append(float(reward))
-        episode_returns.append(float(np.sum(rewards)))
-        keep = reliable_prefix(len(rewards), terminated, gamma)
-        all_obs.extend(observations[:keep])
-        all_actions.extend(actions[:keep])
-        all_mc.extend(discounted_returns(np.asarray(rewards), gamma)[:keep])
+    for episode in rollouts:
+        episode_returns.append(float(np.sum(episode.rewards)))
+        keep = reliable_prefix(len(episode.rewards), episode.terminated, gamma)
+        all_obs.extend(episode.observations[:keep])
+        all_actions.extend(episode.actions[:keep])
+        all_mc.extend(discounted_returns(np.asarray(episode.rewards), gamma)[:keep])
     result = {"return_mean": float(np.mean(episode_returns)), "return_std": float(np.std(episode_returns)),
-              "episodes": float(episodes)}
+              "episodes": float(len(rollouts))}
     if critics and all_obs:
         obs_t = torch.as_tensor(np.asarray(all_obs), dtype=torch.float32, device=device)
         act_t = torch.as_tensor(np.asarray(all_actions), dtype=torch.float32, device=device)

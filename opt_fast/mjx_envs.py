@@ -562,9 +562,9 @@ class MJXVecEnv(VecEnv):
 
 
 class MJXSeedEnvs:
-    """One MJX env per seed in one batch, each with gymnasium's episode semantics and numpy in and out: the online
-    envs of a seed-batched run under ``--env-backend mjx`` (row i continues exactly as a one-seed run of
-    ``seeds[i]``).
+    """MJX envs in one batch, each with gymnasium's episode semantics and numpy in and out, and its own seed: under
+    ``--env-backend mjx`` the online envs (one per seed of a run; row i continues exactly as a one-env batch of
+    ``seeds[i]``) and the evaluation envs (one per episode of every seed).
 
     MJX restarts an env inside the step that ends its episode; :meth:`next_episode` hands out that new episode's
     first observation, so the episodes follow the env's own PRNG stream as gymnasium's follow its ``np_random``.
@@ -605,7 +605,7 @@ class MJXSeedEnvs:
         return steps
 
     def state_dict(self, row: int) -> dict[str, Any]:
-        """Env ``row``'s state, as a one-env :class:`MJXGymEnv` writes it."""
+        """Env ``row``'s state, which a one-env batch also loads (a seed resumed on its own)."""
         return {"vec": self._vec.state_dict(slice(row, row + 1)), "restarted": self._restarted[row]}
 
     def load_state_dict(self, row: int, state: dict[str, Any]) -> None:
@@ -614,32 +614,6 @@ class MJXSeedEnvs:
 
     def close(self) -> None:
         self._vec.close()
-
-
-class MJXGymEnv:
-    """One MJX env behind gymnasium's ``reset``/``step`` API: the evaluation env under ``--env-backend mjx``,
-    driven by the same code as the gymnasium env. ``reset()`` without a seed hands out the episode the last
-    step's auto-reset began; ``reset(seed=...)`` restarts the noise stream."""
-
-    def __init__(self, family: str, version: str = "v5", seed: int = 0, precision: str = "float32"):
-        self._envs = MJXSeedEnvs(family, version, [seed], precision)
-        self._ended = False
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if seed is None and self._ended:
-            obs = self._envs.next_episode(0)
-        else:
-            obs = self._envs.reset(None if seed is None else [seed])[0]
-        self._ended = False
-        return obs, {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        obs, reward, terminated, truncated = self._envs.step(np.asarray(action).reshape(1, -1))[0]
-        self._ended = terminated or truncated
-        return obs, reward, terminated, truncated, {}
-
-    def close(self) -> None:
-        self._envs.close()
 
 
 def make_vec_env(family: str, num_envs: int, backend: str = "gymnasium", version: str = "v5", seed: int = 0,

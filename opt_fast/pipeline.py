@@ -35,7 +35,7 @@ from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config, kappa, offli
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
-from opt_fast.evaluation import evaluate
+from opt_fast.evaluation import episode_seed, evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
 from opt_fast.networks import use_critic_backend
 from opt_fast.replay import ReplayBuffer
@@ -60,16 +60,15 @@ class Progress:
 
 
 class SeedRun:
-    """One seed's part of a run: its directory, metrics, checkpoints, numpy RNG, buffers, evaluation env and
-    progress. A run of its own is a batch of one of these."""
+    """One seed's part of a run: its directory, metrics, checkpoints, numpy RNG, buffers and progress. A run of its
+    own is a batch of one of these."""
 
     def __init__(self, config: Config, run_dir: Path, offline_rows: tuple[np.ndarray, ...], obs_dim: int,
-                 act_dim: int, eval_env):
+                 act_dim: int):
         self.config = config
         self.run_dir = Path(run_dir)
         self.rng = np.random.default_rng(config.seed)
         buffer_seeds = np.random.SeedSequence(config.seed).generate_state(3)
-        self.eval_env = eval_env
         n_off = len(offline_rows[0])
         self.offline_buffer = ReplayBuffer(n_off, obs_dim, act_dim, seed=int(buffer_seeds[0]))
         self.offline_buffer.add_batch(*offline_rows, priority=1.0)
@@ -145,7 +144,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         offline = (dataset.observations, dataset.actions, self._train_reward(dataset.rewards),
                    dataset.next_observations, dataset.terminals.astype(np.float32))
-        self.runs = [SeedRun(c, d, offline, obs_dim, act_dim, make_env(env_name, c)) for c, d in zip(configs, run_dirs)]
+        self.runs = [SeedRun(c, d, offline, obs_dim, act_dim) for c, d in zip(configs, run_dirs)]
+        # Evaluation: one gymnasium env per seed, or every seed's episodes in one MJX batch.
+        self.eval_envs = make_eval_envs(env_name, configs)
 
     @property
     def progress(self) -> Progress:
@@ -190,8 +191,7 @@ class Trainer:
 
     def _end_phase(self, phase: str) -> None:
         next_phase = self._next_phase(phase)
-        for run in self.runs:
-            record = self._evaluate(run, phase)
+        for run, record in zip(self.runs, self._evaluate(phase)):
             run.progress.phase_scores[phase] = record["score"]
             run.progress.phase = next_phase
         if next_phase == "finetune":
@@ -310,29 +310,40 @@ class Trainer:
 
     def _periodic(self, step: int, bar: tqdm) -> None:
         if step % self.config.eval_every == 0:
-            scores = [self._evaluate(run, self.progress.phase)["score"] for run in self.runs]
+            scores = [record["score"] for record in self._evaluate(self.progress.phase)]
             bar.set_postfix(score=f"{np.mean(scores):.1f}")
         if step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
 
-    def _evaluate(self, run: SeedRun, phase: str) -> dict[str, Any]:
-        cfg, p = run.config, run.progress
-        index = self.runs.index(run)
+    def _evaluate(self, phase: str) -> list[dict[str, Any]]:
+        """Evaluate every seed's deterministic policy; appends and returns each seed's metrics record."""
+        cfg = self.config
         gamma = cfg.gamma if phase == "offline" else online_discount(cfg)
-        result = evaluate(self.agent.seed_policy(index), run.eval_env, cfg.eval_episodes, cfg.seed,
-                          self.agent.seed_critics(index), gamma, self.device)
+        seeds = [run.config.seed for run in self.runs]
+        if isinstance(self.eval_envs, GymSeedEnvs):
+            results = [evaluate(self.agent.seed_policy(i), env, cfg.eval_episodes, seed, self.agent.seed_critics(i),
+                                gamma, self.device) for i, (env, seed) in enumerate(zip(self.eval_envs.envs, seeds))]
+        else:
+            rollouts = evaluate_seed_batch(self.agent.backbone.act, self.eval_envs, seeds, cfg.eval_episodes,
+                                           self.device)
+            results = [summarize(episodes, self.agent.seed_critics(i), gamma, self.device)
+                       for i, episodes in enumerate(rollouts)]
         ref_min, ref_max = self.ref_scores
-        record = {
-            "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
-            "pretrain_step": p.pretrain_step, "update_step": p.update_step,
-            "kappa": kappa(cfg, p.online_step) if cfg.opt and phase == "finetune" else None,
-            # D4RL's normalised score; AntMaze returns are successes (reference 0 and 1): 100 x success rate.
-            "score": 100.0 * (result["return_mean"] - ref_min) / (ref_max - ref_min),
-            **result,
-        }
-        append_jsonl(run.metrics_path, record)
-        p.n_metrics += 1
-        return record
+        records = []
+        for run, result in zip(self.runs, results):
+            p = run.progress
+            record = {
+                "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
+                "pretrain_step": p.pretrain_step, "update_step": p.update_step,
+                "kappa": kappa(run.config, p.online_step) if cfg.opt and phase == "finetune" else None,
+                # D4RL's normalised score; AntMaze returns are successes (reference 0 and 1): 100 x success rate.
+                "score": 100.0 * (result["return_mean"] - ref_min) / (ref_max - ref_min),
+                **result,
+            }
+            append_jsonl(run.metrics_path, record)
+            p.n_metrics += 1
+            records.append(record)
+        return records
 
     def _bar(self, phase: str, initial: int, total: int) -> tqdm:
         disable = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"
@@ -591,18 +602,21 @@ def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
     return wrapper
 
 
-def make_env(name: str, config: Config):
-    """The evaluation env of ``name`` on ``config.env_backend``, seeded with the run's seed."""
-    if config.env_backend == "mjx":
-        return _mjx_envs().MJXGymEnv(name, config.env_version, seed=config.seed)
-    return envs.make_env(name, config.env_version, seed=config.seed)
-
-
 def make_seed_envs(name: str, configs: Sequence[Config]):
     """The online envs of every seed: one MJX batch (``--env-backend mjx``) or one gymnasium env per seed."""
     config = configs[0]
     if config.env_backend == "mjx":
         return _mjx_envs().MJXSeedEnvs(name, config.env_version, [c.seed for c in configs])
+    return GymSeedEnvs([envs.make_env(name, c.env_version, seed=c.seed) for c in configs])
+
+
+def make_eval_envs(name: str, configs: Sequence[Config]):
+    """The evaluation envs: one gymnasium env per seed, or one MJX batch of every seed's evaluation episodes (each
+    row reset with the seed its episode has in a gymnasium evaluation)."""
+    config = configs[0]
+    if config.env_backend == "mjx":
+        rows = [episode_seed(c.seed, i) for c in configs for i in range(config.eval_episodes)]
+        return _mjx_envs().MJXSeedEnvs(name, config.env_version, rows)
     return GymSeedEnvs([envs.make_env(name, c.env_version, seed=c.seed) for c in configs])
 
 

@@ -6,38 +6,27 @@ import torch
 pytest.importorskip("mujoco.mjx")
 
 from opt_fast.config import Config, resolve  # noqa: E402
-from opt_fast.mjx_envs import MJXGymEnv, MJXSeedEnvs  # noqa: E402
+from opt_fast.evaluation import episode_seed, evaluate_seed_batch, summarize  # noqa: E402
+from opt_fast.mjx_envs import MJXSeedEnvs  # noqa: E402
 from opt_fast.pipeline import open_run, open_seed_batch  # noqa: E402
 from test_pipeline import dataset, final_params, run_with_interrupt, tiny_config  # noqa: E402,F401
 
 
-def rollout(env: MJXGymEnv, actions: np.ndarray) -> list[tuple]:
-    """Steps with ``actions``, resetting (unseeded) where an episode ends, as the trainer does."""
-    steps = []
-    for action in actions:
-        obs, reward, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            obs, _ = env.reset()
-        steps.append((obs, reward, terminated, truncated))
-    return steps
-
-
-def test_single_env_api_episodes_and_state_round_trip():
-    env = MJXGymEnv("hopper", seed=0)
-    first, _ = env.reset(seed=5)
+def test_episodes_restart_from_their_own_streams():
+    first = MJXSeedEnvs("hopper", seeds=[0]).reset([5])[0]
     assert first.shape == (11,) and first.dtype == np.float32
-    again, _ = MJXGymEnv("hopper", seed=1).reset(seed=5)
-    np.testing.assert_array_equal(first, again)
-    # Full-throttle actions make the hopper fall within a few dozen steps: the episode ends as terminated and the
-    # next reset() hands out the auto-reset's fresh start (near the initial pose: noise of 5e-3).
-    actions = np.tile(np.array([1.0, -1.0, 1.0], np.float32), (120, 1))
-    steps = rollout(env, actions)
-    ends = [i for i, (_, _, terminated, _) in enumerate(steps) if terminated]
-    assert ends and not any(truncated for *_, truncated in steps)
-    restarted = steps[ends[0]][0]
+    envs = MJXSeedEnvs("hopper", seeds=[1])
+    np.testing.assert_array_equal(envs.reset([5])[0], first)  # the reset seed decides the episode
+    with pytest.raises(RuntimeError, match="no episode has ended"):
+        envs.next_episode(0)
+    # Full-throttle actions make the hopper fall within a few dozen steps: the episode ends as terminated and
+    # next_episode() hands out the auto-reset's fresh start (near the initial pose: noise of 5e-3).
+    steps = seed_rollout(envs, np.tile(np.array([1.0, -1.0, 1.0], np.float32), (120, 1, 1)))
+    ends = [i for i, [(_, _, terminated, _)] in enumerate(steps) if terminated]
+    assert ends and not any(truncated for [(*_, truncated)] in steps)
+    restarted = steps[ends[0]][0][0]
     np.testing.assert_allclose(restarted[:5], first[:5], atol=2e-2)
     assert not np.array_equal(restarted, first)  # a new noise draw from the env's own stream
-
 
 
 def seed_rollout(envs: MJXSeedEnvs, actions: np.ndarray) -> list[list[tuple]]:
@@ -119,3 +108,34 @@ def test_a_seed_batch_on_mjx_steps_every_seed_in_one_batch_as_its_one_seed_run(t
         got, want = (t.runs[i].online_buffer.gather(rows) for t, i in ((batched, index), (alone, 0)))
         for key in ("obs", "reward", "done"):
             np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-3, err_msg=f"seed {seed}: {key}")
+
+
+def test_batched_evaluation_plays_each_episode_as_its_own_env():
+    """Every seed's evaluation episodes in one MJX batch: each row is the episode a one-env batch reset with that
+    episode's seed plays, cut at its own end (the rows that ended go on, unrecorded, until all have ended)."""
+    seeds, episodes = [4, 9], 2
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:  # deterministic, falls within ~30-80 steps
+        return torch.tanh(3.0 * obs[..., 2:5])
+
+    envs = MJXSeedEnvs("hopper", seeds=[0] * (len(seeds) * episodes))
+    batched = evaluate_seed_batch(policy, envs, seeds, episodes)
+    assert [len(per_seed) for per_seed in batched] == [episodes, episodes]
+    lengths = set()
+    for s, seed in enumerate(seeds):
+        for e in range(episodes):
+            alone = MJXSeedEnvs("hopper", seeds=[0])
+            obs = alone.reset([episode_seed(seed, e)])[0]
+            rewards = []
+            while True:
+                action = policy(torch.as_tensor(obs)[None, None])[0, 0].numpy()
+                [(obs, reward, terminated, truncated)] = alone.step(action[None])
+                rewards.append(reward)
+                if terminated or truncated:
+                    break
+            episode = batched[s][e]
+            assert len(episode.rewards) == len(rewards) and episode.terminated == terminated
+            np.testing.assert_allclose(episode.rewards, rewards, rtol=0, atol=1e-3)
+            lengths.add(len(rewards))
+    assert len(lengths) > 1, "the episodes should end at different steps"
+    assert summarize(batched[0])["return_mean"] == pytest.approx(np.mean([sum(e.rewards) for e in batched[0]]))
