@@ -53,6 +53,7 @@ def test_update_losses_have_no_graph_breaks():
     agent = OPTAgent(5, 2, Config(hidden=(16,)))
     off, on, batch = batches(3, seed=2)
     for fn, args in [(agent._finetune_critic_loss, (batch,)), (agent._density_step_loss, (off, on)),
+                     (agent._priorities, (batch, off)),
                      (agent._finetune_actor_loss, (batch.obs, torch.tensor(0.3), torch.tensor(0.5))),
                      (agent.backbone._critic_loss, (batch,)), (agent.backbone._bc_actor_loss, (batch,))]:
         torch._dynamo.reset()

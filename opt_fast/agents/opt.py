@@ -88,10 +88,12 @@ class OPTAgent:
         self.finetune_critic_loss = self._finetune_critic_loss
         self.finetune_actor_loss = self._finetune_actor_loss
         self.density_step_loss = self._density_step_loss
+        self.priorities = self._priorities
 
     def compile(self) -> None:
-        """Compile the loss computations (forward and backward graphs) and the parameter updates (Adam steps and
-        Polyak updates, :func:`opt_fast.agents.td3.compiled_updates`), each one graph without breaks.
+        """Compile the loss computations (forward and backward graphs), the priorities, and the parameter updates
+        (Adam steps and Polyak updates, :func:`opt_fast.agents.td3.compiled_updates`), each one graph without
+        breaks.
 
         The meta-adaptation loss stays eager: TorchDynamo does not trace ``torch.autograd.grad`` with
         ``create_graph``, and its ``torch.func.grad`` form compiled but ran ~20x slower than eager here.
@@ -100,6 +102,7 @@ class OPTAgent:
         self.finetune_critic_loss = compile_fullgraph(self._finetune_critic_loss)
         self.finetune_actor_loss = compile_fullgraph(self._finetune_actor_loss)
         self.density_step_loss = compile_fullgraph(self._density_step_loss)
+        self.priorities = compile_fullgraph(self._priorities)
 
     # ---------------------------------------------------------------- phase 2b: online pre-training of Q_on
     def pretrain_losses(self, off: Batch | None, on: Batch | None) -> dict[str, torch.Tensor]:
@@ -149,7 +152,7 @@ class OPTAgent:
         return density_ratio_loss(*self._density_pair(off, on))
 
     @torch.no_grad()
-    def priorities(self, batch: Batch, off: Batch) -> torch.Tensor:
+    def _priorities(self, batch: Batch, off: Batch) -> torch.Tensor:
         return balanced_priorities(*self._density_pair(batch, off), self.config.replay_temperature)
 
     def _finetune_critic_loss(self, batch: Batch) -> torch.Tensor:
