@@ -1,4 +1,5 @@
-"""The four phases of OPT (OPT.md §2) over one run directory, resumable from any checkpoint.
+"""The four phases of OPT (OPT.md §2) over one run directory, or over several seeds' directories trained together as a
+seed batch, resumable from any checkpoint.
 
     offline   TD3+BC (or SPOT, after its behaviour VAE) on D_off  (offline_steps gradient steps)
     collect   frozen offline policy + N(0, 0.1) noise, no updates (n_tau env steps; OPT only)
@@ -6,7 +7,8 @@
     finetune  balanced replay, TD on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one record per evaluation), ``checkpoints/`` (``latest.pt``
-every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end) and, when done, ``summary.json``.
+every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end; ``latest.pt.next`` and, in the first seed's
+directory, ``commit.json`` exist only while a checkpoint is being committed) and, when done, ``summary.json``.
 """
 from __future__ import annotations
 
