@@ -93,11 +93,6 @@ class EnsembleMLP(nn.Module):
         """``x`` [B, in] (shared by all members), [S, B, in] (one batch per seed) or [E, B, in] -> [E, B, out]."""
         return ensemble_forward(self.layer_params(), x)
 
-    def seed_members(self, seed_index: int) -> slice:
-        """The members of one seed along the ensemble dimension."""
-        per_seed = self.n_members // self.n_seeds
-        return slice(seed_index * per_seed, (seed_index + 1) * per_seed)
-
 
 def per_member(x: torch.Tensor, n_members: int) -> torch.Tensor:
     """``x`` [B, w] (shared), [G, B, w] (G groups of consecutive members, e.g. seeds) as [E, B, w] (a view where it

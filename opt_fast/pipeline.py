@@ -84,14 +84,15 @@ class SeedRun:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
+    def _buffers(self) -> dict[str, ReplayBuffer]:
+        return {"online": self.online_buffer, "balanced": self.balanced, "offline": self.offline_buffer}
+
     def buffer_states(self, names: Collection[str] = ("online", "balanced", "offline")) -> dict[str, Any]:
-        buffers = {"online": self.online_buffer, "balanced": self.balanced, "offline": self.offline_buffer}
-        return {name: buffers[name].state_dict() for name in names}
+        return {name: self._buffers()[name].state_dict() for name in names}
 
     def load_buffer_states(self, states: dict[str, Any]) -> None:
-        buffers = {"online": self.online_buffer, "balanced": self.balanced, "offline": self.offline_buffer}
         for name, state in states.items():
-            buffers[name].load_state_dict(state)
+            self._buffers()[name].load_state_dict(state)
 
 
 class Trainer:

@@ -151,9 +151,9 @@ class OPTAgent:
     def _density_step_loss(self, off: Batch, on: Batch) -> torch.Tensor:
         return density_ratio_loss(*self._density_pair(off, on))
 
-    @torch.no_grad()
     def _priorities(self, batch: Batch, off: Batch) -> torch.Tensor:
-        return balanced_priorities(*self._density_pair(batch, off), self.config.replay_temperature)
+        with torch.no_grad():  # not a decorator: see opt_fast.agents.td3._adam
+            return balanced_priorities(*self._density_pair(batch, off), self.config.replay_temperature)
 
     def _finetune_critic_loss(self, batch: Batch) -> torch.Tensor:
         """TD losses of Q_off and Q_on on the same batch, each with its own targets, as one batched call:

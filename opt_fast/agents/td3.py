@@ -48,12 +48,9 @@ class Batch:
         return cls(*(torch.as_tensor(np.stack([arrays[k] for arrays in per_seed]), device=device) for k in keys))
 
 
-def members(params: Sequence[LayerParams], index: Sequence[int]) -> list[LayerParams]:
-    """The given ensemble members' parameters (e.g. [0] = Q_1 of a twin critic)."""
-    if isinstance(index, slice):
-        return [tuple(None if p is None else p[index] for p in layer) for layer in params]  # type: ignore[misc]
-    idx = list(index)
-    return [tuple(None if p is None else p[idx] for p in layer) for layer in params]  # type: ignore[misc]
+def members(params: Sequence[LayerParams], index: slice) -> list[LayerParams]:
+    """The given ensemble members' parameters (e.g. ``slice(0, None, 2)``: Q_1 of every twin pair)."""
+    return [tuple(None if p is None else p[index] for p in layer) for layer in params]  # type: ignore[misc]
 
 
 def detached(params: Sequence[LayerParams]) -> list[LayerParams]:
@@ -229,18 +226,26 @@ def eager_updates(optimizers: Sequence[torch.optim.Optimizer], polyak: Sequence[
         polyak_update(target, source, tau)
 
 
-@torch.no_grad()
-def _adam_and_polyak(groups: list[tuple], targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float):
-    """Adam's update (as torch's fused Adam computes it, on its state tensors) of every group, then the lerps of
-    the targets: pure tensor arithmetic that Inductor fuses into a few kernels, without a graph break."""
-    for params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps in groups:
+def _adam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+          exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: float, beta1: float, beta2: float,
+          eps: float) -> None:
+    """One optimizer's Adam update as torch's fused Adam computes it, on its state tensors: pure tensor arithmetic
+    that Inductor fuses, without a graph break.
+
+    The compiled functions enter ``no_grad`` in their bodies: a ``@torch.no_grad()`` decorator would make them all
+    one wrapper function to TorchDynamo, whose traces would then share one cache and its recompile limit."""
+    with torch.no_grad():
         for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             step.add_(1)
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
             param.sub_(lr / (1 - beta1**step) * exp_avg / denom)
-    if targets:
+
+
+def _lerp(targets: list[torch.Tensor], sources: list[torch.Tensor], tau: float) -> None:
+    """The Polyak updates of one step: target <- (1 - tau) target + tau source."""
+    with torch.no_grad():
         torch._foreach_lerp_(targets, sources, tau)
 
 
@@ -257,10 +262,12 @@ def _adam_group(optimizer: torch.optim.Optimizer) -> tuple | None:
 
 
 def compiled_updates() -> UpdateFn:
-    """:func:`eager_updates` as one compiled graph per call: Adam's arithmetic on the optimizers' own state (so
-    checkpoints and resumption stay torch's Adam) and the Polyak lerps. The first step of a fresh optimizer runs
+    """:func:`eager_updates` compiled: each optimizer's Adam step as one graph (Adam's arithmetic on the optimizer's
+    own state, so checkpoints and resumption stay torch's Adam) and the step's Polyak updates as another. TorchDynamo
+    traces a function once per shape of its arguments: per optimizer (critic, actor, density net, VAE) and per set of
+    Polyak pairs, a handful of traces whatever the update points combine. The first step of a fresh optimizer runs
     eagerly: it creates Adam's state."""
-    kernel = compile_fullgraph(_adam_and_polyak)
+    adam_kernel, lerp_kernel = compile_fullgraph(_adam), compile_fullgraph(_lerp)
 
     def apply(optimizers: Sequence[torch.optim.Optimizer], polyak: Sequence[tuple[nn.Module, nn.Module]] = (),
               tau: float = 0.0) -> None:
@@ -268,9 +275,11 @@ def compiled_updates() -> UpdateFn:
         if any(group is None for group in groups):
             eager_updates(optimizers, polyak, tau)
             return
-        targets = [p for target, _ in polyak for p in target.parameters()]
-        sources = [p for _, source in polyak for p in source.parameters()]
-        kernel(groups, targets, sources, tau)
+        for group in groups:
+            adam_kernel(*group)
+        if polyak:
+            lerp_kernel([p for target, _ in polyak for p in target.parameters()],
+                        [p for _, source in polyak for p in source.parameters()], tau)
 
     return apply
 
