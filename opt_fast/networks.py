@@ -113,7 +113,8 @@ def ensemble_forward(params: Sequence[LayerParams], x: torch.Tensor) -> torch.Te
         if i < len(params) - 1:
             if norm_weight is not None:
                 x = F.layer_norm(x, x.shape[-1:]) * norm_weight + norm_bias
-            x = F.relu(x)
+            # In place: nothing else holds the pre-activation (baddbmm's backward needs only its inputs).
+            x = F.relu(x, inplace=True)
     return x
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from opt_fast import antmaze, envs
+from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
 from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config, kappa, offline_phase_steps, online_discount
@@ -130,6 +130,7 @@ class Trainer:
                   "D4RL/antmaze data or `opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
         self.device = torch.device(config.device)
+        runtime.configure()
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
 
@@ -374,6 +375,7 @@ class Trainer:
             "env_packages": env_package_versions(self.family),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "cpu_fast_path": runtime.describe(),
             "code": code_version(),
             "machine": machine_description(),
             "seed": run.config.seed,
