@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-meta": {"meta_adaptation": False},  # offline + online data, plain L_off + L_on
     "weight-one": {"meta_loss_weight": "one"},  # the paper's equation instead of the released loss ratio
     # kappa schedules (§3.4):
-    "kappa-no-ramp": {"kappa_ramp": 0},  # kappa_end from the start of fine-tuning
+    "kappa-no-ramp": {"kappa_ramp_share": 0.0},  # kappa_end from the start of fine-tuning
     "kappa-from-zero": {"kappa_ramp_from": "zero"},  # the ramp counted from env step 0, not from N_tau
     "kappa-q-on": {"kappa_start": 1.0, "kappa_end": 1.0},  # the actor follows Q_on alone
     "kappa-q-off": {"kappa_start": 0.0, "kappa_end": 0.0},  # Q_on trained but never used by the actor
@@ -185,7 +185,7 @@ def canonical(config: Config) -> Config:
 
 # ------------------------------------------------------------------------------------------ naming runs
 _ABLATION_FIELDS = ("n_tau", "n_pretrain", "pretrain_data", "meta_adaptation", "meta_loss_weight", "kappa_start",
-                    "kappa_end", "kappa_ramp", "kappa_ramp_from")
+                    "kappa_end", "kappa_ramp_share", "kappa_ramp_from")
 
 
 def method_name(config: Config) -> str:
@@ -220,10 +220,11 @@ def describe(config: Config) -> str:
         meta = config.pretrain_data == "both" and config.meta_adaptation
         if meta and config.meta_loss_weight != ref.meta_loss_weight:
             parts.append(f"meta loss weight {config.meta_loss_weight}")
-    kappa = ("kappa_start", "kappa_end", "kappa_ramp", "kappa_ramp_from")
+    kappa = ("kappa_start", "kappa_end", "kappa_ramp_share", "kappa_ramp_from")
     if any(getattr(config, k) != getattr(ref, k) for k in kappa):
-        origin = "N_tau" if config.kappa_ramp_from == "n_tau" else "step 0"
-        parts.append(f"kappa {config.kappa_start:g}->{config.kappa_end:g} over {config.kappa_ramp} steps from {origin}")
+        origin = "the first update" if config.kappa_ramp_from == "n_tau" else "step 0"
+        parts.append(f"kappa {config.kappa_start:g}->{config.kappa_end:g} over {config.kappa_ramp_share:.0%} of "
+                     f"fine-tuning from {origin}")
     return f"{name} {', '.join(parts)}" if parts else name
 
 

@@ -322,6 +322,7 @@ class AdroitBudget:
 
 BUDGETS: dict[str, AdroitBudget] = {
     "paper": AdroitBudget(expert_episodes=5000, cloned_episodes=2500, bc_steps=20_000),
+    "study": AdroitBudget(expert_episodes=5000, cloned_episodes=2500, bc_steps=20_000),  # the paper's data
     "quick": AdroitBudget(expert_episodes=200, cloned_episodes=100, bc_steps=5_000),
     "smoke": AdroitBudget(expert_episodes=3, cloned_episodes=3, bc_steps=50),
 }

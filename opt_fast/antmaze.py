@@ -238,6 +238,7 @@ class ReacherBudget:
 
 REACHER_BUDGETS: dict[str, ReacherBudget] = {
     "paper": ReacherBudget(sac_steps=3_000_000),
+    "study": ReacherBudget(sac_steps=3_000_000),
     "quick": ReacherBudget(sac_steps=300_000),
     "smoke": ReacherBudget(sac_steps=300, random_steps=100, episode_steps=100, checkpoint_every=150, eval_episodes=1),
 }
@@ -418,7 +419,7 @@ def waypoint_success_rate(sac: SAC, maze: str, episodes: int, seed: int) -> floa
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-DATA_ROWS: dict[str, int] = {"paper": 1_000_000, "quick": 100_000, "smoke": 2_000}
+DATA_ROWS: dict[str, int] = {"paper": 1_000_000, "study": 1_000_000, "quick": 100_000, "smoke": 2_000}
 """Rows of a generated AntMaze dataset per budget (D4RL: 1M, 1000-step episodes)."""
 EPISODE_STEPS = 1000
 ACTION_NOISE = 0.2

@@ -29,7 +29,8 @@ class Config:
     """The seeds trained with this one as a batch dimension in one process (``--seeds``), ``()`` for a run of its
     own. The batch shares one stream of torch noise, so a seed's result depends on its batch."""
     budget: str = "quick"
-    """Protocol size: ``paper`` (1M offline + 300k online), ``quick`` (2-core machine), ``smoke`` (tests)."""
+    """Protocol size: ``paper`` (1M offline + 300k online), ``study`` (the CPU study), ``quick`` (the default job,
+    ~30 min on 2 cores), ``cpu`` (committed results/cpu-budget), ``smoke`` (tests)."""
     opt: bool = True
     """OPT on; off gives the paper's baseline with the same backbone (TD3 or SPOT, same replay)."""
     backbone: str = "td3"
@@ -117,10 +118,16 @@ class Config:
 
     # --- kappa schedule (§3.4) ---------------------------------------------------------------------------
     kappa_start: float = 0.1
+    """Weight on Q_on in the actor's objective at the start of the ramp."""
     kappa_end: float = 0.9
-    kappa_ramp: int = 150_000
+    """Weight on Q_on at the end of the ramp and after it."""
+    kappa_ramp_share: float = 150_000 / 275_000
+    """Length of the linear kappa ramp as a share of fine-tuning (from the first fine-tuning update to the end of
+    the online budget): the paper's 150k of 275k steps, so every budget and every N_tau keeps the schedule's shape;
+    0 = kappa_end from the first update."""
     kappa_ramp_from: Literal["n_tau", "zero"] = "n_tau"
-    """``n_tau``: the ramp is a duration starting when fine-tuning starts (default); ``zero``: absolute env step."""
+    """``n_tau``: the ramp starts at the first fine-tuning update (N_tau, or later while B_on holds less than one
+    batch), as the paper's N_tau = 25k >> 256 has it (default); ``zero``: it starts at env step 0."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form annotations recorded with the run (never read by the trainer)."""
@@ -171,18 +178,25 @@ COLLECT_FIELDS = OFFLINE_FIELDS + (
     "replay_ring_capacity", "eval_every", "eval_episodes",
 )
 
-# Phase lengths per budget. `paper` is OPT.md §2; the others keep its proportions where they can.
+# Phase lengths per budget. `paper` is OPT.md §2; the reduced ones keep its proportions where they can: N_tau is
+# 8.3% of the online budget (the share of it that TD3 fine-tunes and OPT collects), and the critics get enough
+# updates to approach their value scale. With Polyak tau = 0.005 every 2 updates and gamma = 0.99 a critic's value
+# level closes on its fixed point at about (tau / 2)(1 - gamma) = 2.5e-5 per update: 1 - exp(-2.5e-5 N) of scale
+# after N updates (39% after 20k, 71% after the paper's 50k, 99% after 200k).
 BUDGETS: dict[str, dict[str, int]] = {
     "paper": dict(offline_steps=1_000_000, n_tau=25_000, n_pretrain=50_000, online_steps=300_000,
                   eval_every=5_000, eval_episodes=10, checkpoint_every=50_000, vae_steps=100_000),
-    # ~13 min for TD3+OPT on hopper with one idle CPU core, so the README's default job (data generation
-    # included) fits in 30 minutes.
-    "quick": dict(offline_steps=20_000, n_tau=2_000, n_pretrain=4_000, online_steps=10_000,
+    # The study of results/study on a 2-core CPU: Q_off at 99% of its value scale (200k updates), Q_on pre-trained
+    # for the paper's 50k updates (71%, as in the paper), N_tau and the online budget at the paper's ratio.
+    "study": dict(offline_steps=200_000, n_tau=5_000, n_pretrain=50_000, online_steps=60_000,
+                  eval_every=2_500, eval_episodes=10, checkpoint_every=10_000, vae_steps=100_000),
+    # The README's default job (data generation included) in ~30 minutes on 2 cores: Q_off and Q_on both get 20k
+    # updates (39% of scale each: neither critic is further from its scale than the other), N_tau 8.3% of online.
+    "quick": dict(offline_steps=20_000, n_tau=1_000, n_pretrain=20_000, online_steps=12_000,
                   eval_every=2_000, eval_episodes=5, checkpoint_every=5_000, vae_steps=5_000),
-    # The committed results' budget (results/): a 2-core CPU finishes 9 datasets x 5 seeds x {TD3, TD3+OPT} in
-    # about an hour. An offline update costs ~8 ms of a core, an OPT fine-tuning env step at UTD 5 ~0.1 s, so
-    # the offline phase gets enough steps for a usable policy and the online phase measures the start of
-    # fine-tuning (where the paper's curves show the backbones' early dip).
+    # The budget of results/cpu-budget: 9 datasets x 5 seeds x {TD3, TD3+OPT} in about an hour; a usable offline
+    # policy, then the start of fine-tuning. N_tau < one batch, so fine-tuning updates (and the kappa ramp) start
+    # at env step 256 for both variants.
     "cpu": dict(offline_steps=10_000, n_tau=100, n_pretrain=500, online_steps=500,
                 eval_every=250, eval_episodes=5, checkpoint_every=2_500, vae_steps=1_000),
     "smoke": dict(offline_steps=200, n_tau=100, n_pretrain=50, online_steps=300,
@@ -191,12 +205,14 @@ BUDGETS: dict[str, dict[str, int]] = {
 
 # The generation budget (opt_fast.data.generate.GENERATION_BUDGETS and Adroit's, AntMaze's) of the data a training
 # budget makes when no dataset file is found.
-DATA_BUDGET: dict[str, str] = {"paper": "paper", "quick": "quick", "cpu": "quick", "smoke": "smoke"}
+DATA_BUDGET: dict[str, str] = {"paper": "paper", "study": "study", "quick": "quick", "cpu": "quick", "smoke": "smoke"}
 
 # A SPOT step costs several MuJoCo TD3+BC steps on a CPU (the 750-750 VAE runs inside every actor loss, LayerNorm,
 # UTD 1 but 200-1000-step evaluation episodes), so the SPOT families' reduced budgets are smaller; the VAE keeps its
 # size.
 SPOT_BUDGETS: dict[str, dict[str, int]] = {
+    # UTD 1 makes the paper's own protocol affordable on a CPU for the SPOT families (the door-cloned study).
+    "study": BUDGETS["paper"],
     "quick": dict(offline_steps=5_000, vae_steps=1_000, n_tau=1_000, n_pretrain=1_000, online_steps=5_000,
                   eval_every=1_000, eval_episodes=5, checkpoint_every=1_000),
     "cpu": dict(offline_steps=3_000, vae_steps=1_000, n_tau=100, n_pretrain=250, online_steps=500,
@@ -239,8 +255,8 @@ ANTMAZE_LAMBDA: dict[str, float] = {
 def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str, family: str | None = None) -> Config:
     """The fully resolved config: budget, then the dataset family's preset, then explicit overrides.
 
-    ``family`` (hopper, antmaze, door...) selects the SPOT presets of AntMaze and Adroit. The kappa ramp is scaled
-    with the budget's fine-tuning length so that the schedule keeps its shape.
+    ``family`` (hopper, antmaze, door...) selects the SPOT presets of AntMaze and Adroit. The kappa ramp is a share
+    of the fine-tuning phase (:func:`kappa_ramp_steps`), so it follows the final phase lengths, overrides included.
     """
     budget = overrides.get("budget", base.budget)
     if budget not in BUDGETS:
@@ -256,8 +272,7 @@ def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str, family: 
     if schedule is not None:
         start, end, ramp = schedule
         paper_finetune = BUDGETS["paper"]["online_steps"] - BUDGETS["paper"]["n_tau"]
-        finetune = values["online_steps"] - values["n_tau"]
-        values.update(kappa_start=start, kappa_end=end, kappa_ramp=round(ramp * finetune / paper_finetune))
+        values.update(kappa_start=start, kappa_end=end, kappa_ramp_share=ramp / paper_finetune)
     values.update(overrides)
     values["budget"] = budget
     config = Config.from_json(values)
@@ -272,7 +287,7 @@ def validate(config: Config) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("n_tau", "n_pretrain", "kappa_ramp"):
+    for name in ("n_tau", "n_pretrain", "kappa_ramp_share"):
         if getattr(config, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.opt and config.n_tau >= config.online_steps:
@@ -314,10 +329,22 @@ def online_discount(config: Config) -> float:
     return config.online_gamma or config.gamma
 
 
+def first_update_step(config: Config) -> int:
+    """The online env step at which fine-tuning updates start: the density-ratio net needs one batch in B_on, which
+    OPT's collection fills when N_tau >= the batch size and the baseline after ``batch_size`` env steps."""
+    return max(config.n_tau if config.opt else 0, config.batch_size)
+
+
+def kappa_ramp_steps(config: Config) -> int:
+    """The kappa ramp's length in env steps: its share of the fine-tuning phase (150k of 275k in the paper)."""
+    return round(config.kappa_ramp_share * max(config.online_steps - first_update_step(config), 0))
+
+
 def kappa(config: Config, online_step: int) -> float:
     """Weight on Q_on in the actor's objective at a given online env step (§3.4)."""
-    origin = config.n_tau if config.kappa_ramp_from == "n_tau" else 0
-    if config.kappa_ramp == 0:
+    origin = first_update_step(config) if config.kappa_ramp_from == "n_tau" else 0
+    ramp = kappa_ramp_steps(config)
+    if ramp == 0:
         return config.kappa_end if online_step >= origin else config.kappa_start
-    progress = min(max((online_step - origin) / config.kappa_ramp, 0.0), 1.0)
+    progress = min(max((online_step - origin) / ramp, 0.0), 1.0)
     return config.kappa_start + (config.kappa_end - config.kappa_start) * progress

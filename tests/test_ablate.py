@@ -67,8 +67,8 @@ def test_labels_follow_the_budget_defaults():
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "meta_loss_weight": "one"})) \
         == "TD3+OPT meta loss weight one"
     # medium-replay's schedule is 0.1 -> 0.9; the quick budget scales the 150k ramp to its fine-tuning length.
-    assert describe(configure("hopper-medium-replay", {"budget": "quick", "kappa_ramp": 0})) \
-        == "TD3+OPT kappa 0.1->0.9 over 0 steps from N_tau"
+    assert describe(configure("hopper-medium-replay", {"budget": "quick", "kappa_ramp_share": 0.0})) \
+        == "TD3+OPT kappa 0.1->0.9 over 0% of fine-tuning from the first update"
 
 
 @pytest.mark.parametrize("text,seeds", [("0-4", [0, 1, 2, 3, 4]), ("3", [3]), ("0,2,5", [0, 2, 5]),

@@ -1,4 +1,5 @@
 """TD3 / TD3+BC / OPT losses against hand-computed values, and the meta-gradient against finite differences."""
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 
 from opt_fast.agents.opt import OPTAgent, balanced_priorities, density_ratio_loss, meta_adaptation_loss
 from opt_fast.agents.td3 import Batch, td3_bc_actor_loss, td_losses, td_target
-from opt_fast.config import Config, kappa, resolve
+from opt_fast.config import Config, first_update_step, kappa, kappa_ramp_steps, resolve
 from opt_fast.networks import Critic, DeterministicActor, EnsembleMLP, stack_params
 
 
@@ -106,17 +107,53 @@ def test_online_actor_loss_follows_the_kappa_mixed_critic():
 
 
 def test_kappa_schedule_values():
-    c = Config(n_tau=25_000, kappa_start=0.1, kappa_end=0.9, kappa_ramp=150_000)
+    c = Config(n_tau=25_000, kappa_start=0.1, kappa_end=0.9)  # the paper's 150k of 275k fine-tuning steps
+    assert kappa_ramp_steps(c) == 150_000
     assert [round(kappa(c, t), 6) for t in (0, 25_000, 100_000, 175_000, 300_000)] == [0.1, 0.1, 0.5, 0.9, 0.9]
-    absolute = Config(n_tau=25_000, kappa_start=0.1, kappa_end=0.9, kappa_ramp=150_000, kappa_ramp_from="zero")
+    absolute = dataclasses.replace(c, kappa_ramp_from="zero")
     assert kappa(absolute, 75_000) == pytest.approx(0.5)
     paper = resolve(Config(budget="paper"), {}, "medium")
-    assert (paper.kappa_start, paper.kappa_end, paper.kappa_ramp) == (0.3, 0.9, 150_000)
+    assert (paper.kappa_start, paper.kappa_end, kappa_ramp_steps(paper)) == (0.3, 0.9, 150_000)
     random = resolve(Config(budget="paper"), {}, "random")
     assert kappa(random, 25_000) == kappa(random, 299_999) == 1.0
     # A smaller budget keeps the ramp's share of fine-tuning: 150k of 275k.
     quick = resolve(Config(budget="quick"), {}, "medium-replay")
-    assert quick.kappa_ramp == round(150_000 * (quick.online_steps - quick.n_tau) / 275_000)
+    assert kappa_ramp_steps(quick) == round(150_000 * (quick.online_steps - quick.n_tau) / 275_000)
+
+
+@pytest.mark.parametrize("budget", ["cpu", "smoke"])
+def test_kappa_ramp_starts_at_the_first_update_when_n_tau_is_below_one_batch(budget):
+    """N_tau < 256: fine-tuning updates start when B_on holds one batch, and so does the ramp (the paper's first
+    update uses kappa_start); before the fix kappa was already 0.67-1.0 there."""
+    config = resolve(Config(), {"budget": budget}, "medium-replay")
+    assert config.n_tau < config.batch_size == first_update_step(config)
+    assert kappa(config, config.batch_size) == pytest.approx(0.1)
+    assert kappa(config, config.batch_size + kappa_ramp_steps(config)) == pytest.approx(0.9)
+    assert first_update_step(dataclasses.replace(config, opt=False)) == config.batch_size
+
+
+def test_kappa_ramp_follows_phase_length_overrides():
+    """--n-tau / --online-steps (and every ablation cell) keep kappa_start at the first update and the ramp's share
+    of fine-tuning: the N_tau grid's cells differ only in N_tau."""
+    cells = [resolve(Config(), {"budget": "quick", "n_tau": n_tau}, "medium-replay") for n_tau in (300, 1_000, 3_000)]
+    cells.append(resolve(Config(), {"budget": "quick", "online_steps": 30_000}, "medium-replay"))
+    for cell in cells:
+        start = first_update_step(cell)
+        assert kappa(cell, start) == pytest.approx(0.1)
+        ramp = kappa_ramp_steps(cell)
+        assert ramp == round(cell.kappa_ramp_share * (cell.online_steps - start))
+        assert kappa(cell, start + ramp // 2) == pytest.approx(0.5, abs=1e-3)
+    explicit = resolve(Config(), {"budget": "quick", "kappa_ramp_share": 0.0}, "medium-replay")
+    assert kappa(explicit, first_update_step(explicit)) == 0.9
+
+
+@pytest.mark.parametrize("budget", ["paper", "study", "quick"])
+def test_budgets_keep_the_papers_proportions(budget):
+    """N_tau is 25k of 300k online steps (8.3%) in the paper, so TD3 fine-tunes ~9% longer than OPT; the reduced
+    budgets keep that ratio."""
+    config = resolve(Config(), {"budget": budget}, "medium-replay", "hopper")
+    assert config.n_tau / config.online_steps == pytest.approx(25_000 / 300_000, rel=0.01)
+    assert config.n_tau >= config.batch_size  # updates, and the kappa ramp, start right after the collection
 
 
 def test_density_ratio_loss_and_priorities_hand_values():

@@ -212,7 +212,7 @@ def test_bad_requests_raise(tmp_path):
         generate("hopper-full-replay", tmp_path, budget=SMOKE)
     with pytest.raises(ValueError, match="v2 layout"):
         generate("hopper-medium-v0", tmp_path, budget=SMOKE)
-    with pytest.raises(ValueError, match="valid budgets: paper, quick, smoke"):
+    with pytest.raises(ValueError, match="valid budgets: paper, study, quick, smoke"):
         generate("hopper-medium", tmp_path, budget="huge")
     with pytest.raises(ValueError, match="valid versions: v4, v5"):
         generate("hopper-random", tmp_path, budget=SMOKE, env_version="v3")

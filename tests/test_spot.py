@@ -8,7 +8,8 @@ import torch
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.spot import SPOT, BehaviourVAE, spot_actor_loss
 from opt_fast.agents.td3 import Batch, td_losses, td_target
-from opt_fast.config import Config, kappa, offline_phase_steps, online_discount, resolve
+from opt_fast.config import (Config, first_update_step, kappa, kappa_ramp_steps, offline_phase_steps, online_discount,
+                             resolve)
 
 OBS, ACT = 3, 2
 SMALL = dict(hidden=(8, 8), vae_hidden=(8, 8), batch_size=4)
@@ -145,13 +146,13 @@ def test_presets_per_family():
     assert (door.backbone, door.utd, door.actor_lr) == ("spot", 1, 1e-4)
     assert (door.spot_lambda, door.spot_lambda_end, door.layer_norm) == (1.0, 0.5, True)
     assert (door.kappa_start, door.kappa_end) == (0.1, 0.9)
-    assert kappa(door, door.n_tau + door.kappa_ramp) == pytest.approx(0.9)
+    assert kappa(door, first_update_step(door) + kappa_ramp_steps(door)) == pytest.approx(0.9)
     paper = resolve(Config(), {"budget": "paper"}, "cloned", "door")
-    assert paper.kappa_ramp == 250_000 and paper.vae_steps == 100_000
+    assert kappa_ramp_steps(paper) == 250_000 and paper.vae_steps == 100_000
     for kind, lam, ramp in (("umaze", 0.25, 100_000), ("medium-play", 0.05, 100_000),
                             ("medium-diverse", 0.025, 100_000), ("large-diverse", 0.025, 200_000)):
         maze = resolve(Config(), {"budget": "paper"}, kind, "antmaze")
-        assert (maze.spot_lambda, maze.spot_lambda_end, maze.kappa_ramp, maze.online_gamma) == (lam, 0.2, ramp, 0.995)
+        assert (maze.spot_lambda, maze.spot_lambda_end, kappa_ramp_steps(maze), maze.online_gamma) == (lam, 0.2, ramp, 0.995)
         assert not maze.layer_norm
     hopper = resolve(Config(), {}, "medium", "hopper")
     assert (hopper.backbone, hopper.utd, hopper.online_gamma) == ("td3", 5, 0.0)
