@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from opt_fast import config as config_module
-from opt_fast.config import BUDGETS, DATA_BUDGET, Config, resolve
+from opt_fast import runtime
+from opt_fast.config import BUDGETS, DATA_BUDGET, PHASES, Config, resolve
 
 # Options with their own, shorter spelling below; every other Config field becomes --field-name.
 _SPECIAL = {"env", "dataset", "seed", "budget", "opt", "compile", "extra"}
@@ -69,6 +70,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of the DAPG release (dapg_<task>_policy.npz, door_human_demos.npz), needed "
                         "to generate Adroit datasets that are not on disk")
     parser.add_argument("--out", default="runs", help="root of run directories (default runs/)")
+    parser.add_argument("--until", choices=PHASES[:3], default=None,
+                        help="stop after this phase (e.g. pretrain: Q_on pre-trained, before fine-tuning), leaving "
+                        "summary-<phase>.json; --resume without --until continues the same run to the end")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of the same configuration from its last checkpoint")
     tuning = parser.add_argument_group("every other setting (defaults: the paper's values, OPT.md §4)")
@@ -177,8 +181,10 @@ def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adr
     return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)
 
 
-def train(configs: list[Config], out: Path, resume: bool, adroit_data: str | None = None) -> list[dict[str, Any]]:
-    """Train one run, or several seeds as one batch (configs that differ only in the seed); each seed's summary."""
+def train(configs: list[Config], out: Path, resume: bool, adroit_data: str | None = None,
+          until: str | None = None) -> list[dict[str, Any]]:
+    """Train one run, or several seeds as one batch (configs that differ only in the seed), to the end or until a
+    phase has ended; each seed's summary."""
     from opt_fast.pipeline import open_seed_batch
 
     dataset = load_training_data(configs[0], adroit_data)
@@ -186,7 +192,7 @@ def train(configs: list[Config], out: Path, resume: bool, adroit_data: str | Non
     for run_dir in run_dirs:
         print(f"run directory: {run_dir}", file=sys.stderr)
     trainer = open_seed_batch(configs, run_dirs, dataset, resume, cache_dir=phase_cache_dir(run_dirs[0]))
-    return trainer.run()
+    return trainer.run(after=until)
 
 
 def format_table(variants: list[list[dict[str, Any]]]) -> str:
@@ -225,7 +231,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                 for seed in seeds]
 
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
-    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, args.adroit_data)
+    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, args.adroit_data, args.until)
                  for use_opt in variants}
     # Show the other variant too when earlier runs of it (same settings otherwise) have finished for every seed.
     for use_opt in {True, False} - set(summaries):
@@ -386,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    runtime.configure()  # every command trains something (SAC for data, the phases, sweep workers)
     try:
         if args.command == "train":
             overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}

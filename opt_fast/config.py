@@ -158,6 +158,9 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+PHASES = ("offline", "collect", "pretrain", "finetune", "done")
+"""A run's phases in order (OPT.md §2); ``done`` once fine-tuning has ended."""
+
 ENV_BACKENDS = ("gymnasium", "mjx")
 MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
 """The families ``opt_fast.mjx_envs`` simulates."""

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
-from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config, kappa, offline_phase_steps, online_discount
+from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, Config, kappa, offline_phase_steps,
+                             online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
@@ -42,7 +43,6 @@ from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_to
 from opt_fast.networks import use_critic_backend
 from opt_fast.replay import ReplayBuffer
 
-PHASES = ("offline", "collect", "pretrain", "finetune", "done")
 
 
 @dataclass
@@ -162,13 +162,15 @@ class Trainer:
             setattr(run.progress, counter, getattr(run.progress, counter) + 1)
 
     # ------------------------------------------------------------------------------------------ driving
-    def run(self) -> list[dict[str, Any]]:
-        """Run (or continue) every remaining phase; returns each seed's summary."""
-        self.run_until("done")
+    def run(self, after: str | None = None) -> list[dict[str, Any]]:
+        """Run (or continue) every remaining phase, or those up to the end of phase ``after``; returns each seed's
+        summary, written to ``summary.json`` when the run is done, else to ``summary-<after>.json``."""
+        self.run_until("done" if after is None else PHASES[PHASES.index(after) + 1])
+        name = "summary.json" if self.progress.phase == "done" else f"summary-{after}.json"
         summaries = []
         for run in self.runs:
             summary = self.summary(run)
-            write_json(run.run_dir / "summary.json", summary)
+            write_json(run.run_dir / name, summary)
             summaries.append(summary)
         return summaries
 

@@ -86,6 +86,26 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, dataset, phas
     assert [json.loads(x)["score"] for x in again] == [json.loads(x)["score"] for x in straight]
 
 
+def test_a_run_stopped_after_pretraining_continues_to_the_same_end(tmp_path, dataset):
+    """``--until pretrain`` (the study's mechanism runs): Q_on pre-trained, no fine-tuning, a phase summary; resumed
+    later without it, the run ends exactly where an uninterrupted one does."""
+    config = tiny_config()
+    reference = open_run(config, tmp_path / "straight", dataset, resume=False)
+    reference.run()
+    stopped = open_run(config, tmp_path / "stopped", dataset, resume=False)
+    [summary] = stopped.run(after="pretrain")
+    run = tmp_path / "stopped"
+    assert stopped.progress.phase == "finetune" and not (run / "summary.json").exists()
+    assert set(summary["phase_scores"]) == {"offline", "collect", "pretrain"}
+    assert json.loads((run / "summary-pretrain.json").read_text())["phase_scores"] == summary["phase_scores"]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["phase"] == "pretrain"
+    resumed = open_run(config, run, dataset, resume=True)
+    resumed.run()
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+    for key, value in final_params(reference).items():
+        torch.testing.assert_close(final_params(resumed)[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_baseline_skips_opt_phases_and_shares_the_offline_phase(tmp_path, dataset):
     cache = tmp_path / "cache"
     opt_run = open_run(tiny_config(), tmp_path / "opt", dataset, resume=False, cache_dir=cache)
