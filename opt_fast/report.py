@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from opt_fast.ablate import describe, grid_base, grid_family, method_name, setting_hash
-from opt_fast.config import Config
+from opt_fast.config import PHASES, Config
 from opt_fast.data.names import parse_task
 from opt_fast.io import atomic_write, read_json, read_jsonl
 
@@ -114,11 +114,18 @@ def find_runs(paths: Iterable[Path]) -> list[Run]:
             raise FileNotFoundError(f"report: no run directory (one with config.json) at or below {root}")
         for path in dirs:
             path = path.resolve()
-            summary_path = path / "summary.json"
-            found[path] = Run(path, Config.from_json(read_json(path / "config.json")),
-                              read_json(summary_path) if summary_path.exists() else None,
+            found[path] = Run(path, Config.from_json(read_json(path / "config.json")), _summary(path),
                               read_jsonl(path / "metrics.jsonl"))
     return [found[p] for p in sorted(found)]
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    """A finished run's ``summary.json``, else the summary of the last phase it was stopped after
+    (``summary-<phase>.json``, written by ``opt-fast train --until``), else None."""
+    if (path / "summary.json").exists():
+        return read_json(path / "summary.json")
+    partial = [path / f"summary-{phase}.json" for phase in reversed(PHASES[:3])]
+    return next((read_json(p) for p in partial if p.exists()), None)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -344,8 +351,12 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
     out = Path(out)
     runs = find_runs(paths)
     finished = [run for run in runs if run.summary is not None and run.summary.get("final_score") is not None]
+    mechanism = _mechanism(runs, out / "figures")
+    if not finished and not mechanism:
+        raise ValueError(f"report: none of the {len(runs)} run(s) found has finished (no summary.json) or been "
+                         "pre-trained (no evaluation at the end of online pre-training)")
     if not finished:
-        raise ValueError(f"report: none of the {len(runs)} run(s) found has finished (no summary.json)")
+        return _mechanism_report(runs, out, mechanism, command)
     column_of = _columns(finished)
     columns = sorted(set(column_of.values()))
     methods = {column_of[run.path]: method_name(run.config) for run in finished}
@@ -382,6 +393,8 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
     ]
     if grid_items:
         sections.append(("Ablation grids: final score by N_tau and N_pretrain", grid_items))
+    if mechanism:
+        sections.append((MECHANISM_HEADING, mechanism))
     sections.append(("Learning curves", [score for score, _ in curves]))
     sections.append(("Value-estimation bias of Q_off and Q_on", [bias for _, bias in curves]))
     sections.append(("Provenance", _provenance(finished, command)))
@@ -390,6 +403,71 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
     _write_pages(markdown_path, html_path, intro, sections)
     figures = [item for item in grid_items if isinstance(item, Path)] + [item for pair in curves for item in pair if isinstance(item, Path)]
     return Report(markdown_path, html_path, final, totals, iqms, grids, figures)
+
+
+MECHANISM_HEADING = "Value-estimation bias at the end of online pre-training (the mechanism)"
+_MECHANISM_NOTE = (
+    "OPT's central question (OPT.md §1): at the end of online pre-training, before fine-tuning, how far are Q_off "
+    "and the pre-trained Q_on from the Monte-Carlo return of the online policy's episodes (the frozen offline "
+    "policy, deterministic, on the evaluation episodes)? Bias = Q_1(s_t, a_t) - discounted return, averaged over "
+    "the steps whose return is reliable; mean ± 95% CI over seeds. Rows differ in how Q_on was pre-trained: "
+    "TD3+OPT = meta-adaptation on offline and online data (the paper's), 'no meta-adaptation' = plain "
+    "L_off + L_on, 'Q_on on offline/online data' = plain TD on one buffer, N_pretrain=0 = a random Q_on.")
+
+
+def _pretrain_end(run: Run) -> dict[str, Any] | None:
+    """The evaluation at the end of an OPT run's online pre-training, if it measured the value bias."""
+    record = next((r for r in run.metrics if r["phase"] == "pretrain"), None)
+    return record if run.config.opt and record is not None and record.get("q_off_bias") is not None else None
+
+
+def _mechanism(runs: list[Run], figures_dir: Path) -> list[Table | str | Path]:
+    """The value-estimation bias of Q_off and Q_on at the end of online pre-training, by dataset and pre-training
+    setting: a table and a figure (empty where no run has reached that point)."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        record = _pretrain_end(run)
+        if record is not None and run.summary is not None:  # finished, or stopped after a phase (--until)
+            cells.setdefault((run.dataset, f"{describe(run.config)} [{run.source}]"), []).append(record)
+    if not cells:
+        return []
+    keys = sorted(cells)
+    stats_of = {key: {name: mean_ci(r[name] for r in cells[key]) for name in ("mc_return", "q_off_bias", "q_on_bias")}
+                for key in keys}
+    table = Table(["dataset", "Q_on pre-training [data]", "Monte-Carlo return", "Q_off bias", "Q_on bias"],
+                  [[dataset, setting, str(stats_of[(dataset, setting)]["mc_return"]),
+                    str(stats_of[(dataset, setting)]["q_off_bias"]), str(stats_of[(dataset, setting)]["q_on_bias"])]
+                   for dataset, setting in keys])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(keys)), 4.5))
+    x = np.arange(len(keys))
+    for offset, name, label in ((-0.2, "q_off_bias", "Q_off"), (0.2, "q_on_bias", "Q_on")):
+        values = [stats_of[key][name] for key in keys]
+        ax.bar(x + offset, [v.mean for v in values], 0.4, yerr=[v.half_width or 0.0 for v in values], capsize=3,
+               label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [f"{dataset}\n{setting.split(' [')[0]}" for dataset, setting in keys], fontsize=7,
+                  rotation=20, ha="right")
+    ax.set_ylabel("Q - Monte-Carlo return")
+    ax.set_title("Value-estimation bias at the end of online pre-training (mean, 95% CI over seeds)")
+    ax.legend()
+    path = figures_dir / "mechanism-bias.png"
+    _save(fig, path)
+    return [_MECHANISM_NOTE, table, path]
+
+
+def _mechanism_report(runs: list[Run], out: Path, mechanism: list[Table | str | Path], command: str | None) -> Report:
+    """The report of runs stopped after online pre-training (none fine-tuned yet): the mechanism and provenance."""
+    stopped = [run for run in runs if run.summary is not None and _pretrain_end(run) is not None]
+    intro = [f"Generated by `opt-fast report` on {datetime.date.today().isoformat()} from {len(stopped)} run(s) "
+             "stopped after online pre-training (`opt-fast train --until pretrain`); none has been fine-tuned yet.",
+             "Numbers on generated data or at a reduced budget measure the same methods under other conditions; they "
+             "are not comparable one-to-one with the paper's."]
+    sections: list[tuple[str, list[Table | str | Path]]] = [(MECHANISM_HEADING, mechanism),
+                                                             ("Provenance", _provenance(stopped, command))]
+    markdown_path, html_path = out / "report.md", out / "report.html"
+    _write_pages(markdown_path, html_path, intro, sections)
+    return Report(markdown_path, html_path, {}, {}, {}, {}, [item for item in mechanism if isinstance(item, Path)])
 
 
 # Config fields that size a protocol: the provenance lists each distinct combination.

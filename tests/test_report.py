@@ -1,5 +1,6 @@
 """Reports: statistics against hand-computed and rliable values, the paper's rows beside ours, and a report of real
 tiny runs whose numbers are checked against the runs' own metrics."""
+import dataclasses
 import html
 import json
 import math
@@ -11,7 +12,7 @@ import torch
 from test_sweep import TINY, write_tiny_dataset
 
 from opt_fast.ablate import AblationSpec, describe, expand, variant_overrides
-from opt_fast.config import Config
+from opt_fast.config import Config, resolve
 from opt_fast.report import PAPER_SOURCE, Stat, _final_table, build_report, iqm, mean_ci, stratified_bootstrap_iqm
 from opt_fast.sweep import run_sweep
 
@@ -112,7 +113,9 @@ def test_report_of_real_runs_shows_their_numbers(runs, tmp_path):
     assert f"\n| hopper-random | {td3} | " in markdown  # columns sorted: the baseline's first
     assert f"TD3 [{PAPER_SOURCE}]" in markdown and "| 86.0 |" in markdown and "| 108.7 |" in markdown
     page = report.html.read_text()
-    assert page.count("<table>") == 7 and html.escape(str(td3)) in page
+    # Tables: final scores, IQM, the grid, the mechanism (every OPT run's end of pre-training), provenance (3), runs.
+    assert page.count("<table>") == 8 and html.escape(str(td3)) in page
+    assert "## Value-estimation bias at the end of online pre-training (the mechanism)" in markdown
     names = sorted(p.name for p in report.figures)
     assert names[:2] == ["bias-hopper-random.png", "curves-hopper-random.png"] and names[2].startswith("grid-")
     for figure in report.figures:
@@ -181,3 +184,35 @@ def test_a_batched_seed_counts_its_share_of_the_batch_wall_time(runs, tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in provenance.splitlines()
             if line.startswith("| ") and line.count("|") == 7}
     assert rows["TD3"] == "25" and rows["TD3+OPT"] == "100"
+
+
+def write_stopped_run(root, name: str, config: Config, biases: tuple[float, float], mc_return: float) -> None:
+    """A run directory as ``opt-fast train --until pretrain`` leaves it, with a given pre-training end record."""
+    run = root / "hopper-medium-replay-v2" / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config.to_json()))
+    records = [{"phase": "offline", "q_off_bias": 99.0, "q_on_bias": 99.0, "mc_return": 1.0},
+               {"phase": "pretrain", "q_off_bias": biases[0], "q_on_bias": biases[1], "mc_return": mc_return}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "summary-pretrain.json").write_text(json.dumps(
+        {"data_source": "generated", "seed": config.seed, "seed_batch": [config.seed], "phase_seconds": {},
+         "final_score": None, "phase_scores": {}}))
+
+
+def test_mechanism_table_reads_the_end_of_online_pretraining(tmp_path):
+    """Runs stopped after online pre-training (no fine-tuning): the report is the mechanism table, one row per
+    pre-training setting, the bias of Q_off and Q_on at that phase end over seeds."""
+    base = resolve(Config(), {"env": "hopper-medium-replay", "budget": "study"}, "medium-replay", "hopper")
+    for seed, (off, on) in enumerate([(10.0, -2.0), (14.0, -4.0)]):
+        write_stopped_run(tmp_path, f"opt-{seed}", dataclasses.replace(base, seed=seed), (off, on), 100.0 + seed)
+    write_stopped_run(tmp_path, "random-q-on", dataclasses.replace(base, n_pretrain=0), (12.0, -101.0), 100.0)
+    report = build_report([tmp_path], tmp_path / "report")
+    text = report.markdown.read_text()
+    source = "[generated data, reduced budget (study)]"
+    meta = next(line for line in text.splitlines() if line.startswith(f"| hopper-medium-replay | TD3+OPT {source}"))
+    half = T_975[1] * np.std([10.0, 14.0], ddof=1) / math.sqrt(2)
+    assert f"| 12.0 ± {half:.1f} (n=2) |" in meta and f"| -3.0 ± {half / 2:.1f} (n=2) |" in meta
+    assert "| 100.5 ±" in meta
+    random = next(line for line in text.splitlines() if line.startswith("| hopper") and "N_pretrain=0" in line)
+    assert random.endswith("| 12.0 (n=1) | -101.0 (n=1) |")
+    assert (tmp_path / "report" / "figures" / "mechanism-bias.png").stat().st_size > 0
