@@ -255,6 +255,17 @@ def cmd_data(args: argparse.Namespace) -> int:
         path = generate_data(name, out, args.seed, args.budget, args.env_version, args.adroit_data, args.policy_steps)
         print(path)
         return 0
+    if args.data_command == "compare":
+        from opt_fast.data.published import comparison_table
+
+        paths = [Path(n) if Path(n).exists() else generated_path(parse_dataset_name(n), args.env_version, args.budget)
+                 for n in args.names]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"data compare: no such dataset file: {', '.join(missing)} (generate it first: "
+                                    f"opt-fast data generate NAME --budget {args.budget})")
+        print(comparison_table([dataset_info(p) for p in paths]))
+        return 0
     target = Path(args.name)
     if not target.exists():
         name = parse_dataset_name(args.name)
@@ -385,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "from its checkpoint in the output directory")
     info = data_commands.add_parser("info", help="rows, episodes, returns and metadata of a dataset")
     info.add_argument("name", help="dataset name or path to an hdf5 file")
+    compare = data_commands.add_parser(
+        "compare", help="a Markdown table of generated datasets beside D4RL's published statistics (rows, episodes, "
+        "returns) and the SAC step at which each medium policy was found")
+    compare.add_argument("names", nargs="+", help="dataset names (their generated files of --budget) or hdf5 paths")
+    compare.add_argument("--budget", choices=sorted(set(DATA_BUDGET.values())), default="quick",
+                         help="generation budget of the named datasets (default quick)")
+    compare.add_argument("--env-version", default="v5", help="gymnasium MuJoCo version (default v5)")
     add_study_commands(commands)
     return parser
 

@@ -231,3 +231,26 @@ def test_describe_budgets_lists_presets():
     text = describe_budgets()
     assert "paper: SAC up to 1,000,000 steps, 1,000,000 rows" in text
     assert "quick:" in text and "smoke:" in text
+
+
+def test_data_compare_puts_generated_data_beside_d4rls_statistics(hopper, capsys, monkeypatch, tmp_path):
+    """``opt-fast data compare``: our file's rows, episodes and returns from the file itself, D4RL's published row
+    beneath it, and where the medium policy came from (here: the smoke budget misses the target)."""
+    from opt_fast import cli
+    from opt_fast.data.d4rl import dataset_info
+
+    out, files = hopper
+    path = out / "hopper_medium_replay-v2.hdf5"
+    assert cli.main(["data", "compare", str(path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    info = dataset_info(path)
+    rewards = files["medium-replay"]["rewards"]
+    assert info["rows"] == len(rewards)
+    ours = next(line for line in table if line.startswith("| hopper-medium-replay-v2 | ours (generated) |"))
+    assert f"| {len(rewards):,} | {info['episodes']:,} | {info['episode_return']['mean']:,.1f} |" in ours
+    assert "(target 1078: NOT reached)" in ours
+    d4rl = table[table.index(ours) + 1]
+    assert d4rl == "| | D4RL | 402,000 | 2,041 | 467.3 | -1.4 | 3,192.9 | |"
+    monkeypatch.setenv("OPT_FAST_DATA_DIR", str(tmp_path))
+    assert cli.main(["data", "compare", "walker2d-medium-replay", "--budget", "smoke"]) == 2
+    assert "no such dataset file" in capsys.readouterr().err
