@@ -181,6 +181,10 @@ COLLECT_FIELDS = OFFLINE_FIELDS + (
     "replay_ring_capacity", "eval_every", "eval_episodes",
 )
 
+# Fields that determine the run's state at a given step of Q_on's pre-training, whatever N_pretrain itself is: runs
+# sharing them start from the stored state of a longer pre-training of the same seed (``Trainer.pretrain_snapshots``).
+PRETRAIN_FIELDS = COLLECT_FIELDS + ("n_tau", "pretrain_data", "meta_adaptation", "meta_loss_weight", "meta_inner_lr")
+
 # Phase lengths per budget. `paper` is OPT.md §2; the reduced ones keep its proportions where they can: N_tau is
 # 8.3% of the online budget (the share of it that TD3 fine-tunes and OPT collects), and the critics get enough
 # updates to approach their value scale. With Polyak tau = 0.005 every 2 updates and gamma = 0.99 a critic's value

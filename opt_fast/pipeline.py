@@ -33,8 +33,8 @@ from tqdm import tqdm
 from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
-from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, Config, kappa, offline_phase_steps,
-                             online_discount)
+from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, kappa,
+                             offline_phase_steps, online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
@@ -105,7 +105,8 @@ class Trainer:
     """
 
     def __init__(self, configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset,
-                 cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()):
+                 cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
+                 pretrain_snapshots: Collection[int] = ()):
         configs = list(configs)
         check_seed_batch(configs)
         if len(run_dirs) != len(configs):
@@ -114,6 +115,9 @@ class Trainer:
         # Env steps at which the collection phase stores its state in ``cache_dir``, for runs with a smaller N_tau
         # to branch from (an ablation over N_tau); a normal run stores none.
         self.collect_snapshots = frozenset(collect_snapshots)
+        # Pre-training steps at which Q_on's pre-training stores the run's state, for runs with that N_pretrain to
+        # start from (an ablation over N_pretrain).
+        self.pretrain_snapshots = frozenset(pretrain_snapshots)
         self.dataset = dataset
         # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
         task = parse_task(config.env)
@@ -240,6 +244,8 @@ class Trainer:
                 self.agent.pretrain_update(off, on, p.pretrain_step)
                 self._advance("pretrain_step")
                 bar.update()
+                if p.pretrain_step in self.pretrain_snapshots:
+                    self._store_pretrain_snapshot()
                 # The policy is frozen here, so only checkpoints (no evaluations) happen inside the phase.
                 if p.pretrain_step % cfg.checkpoint_every == 0 and p.pretrain_step < cfg.n_pretrain:
                     self.save_checkpoint()
@@ -458,16 +464,19 @@ class Trainer:
             truncate_jsonl(run.metrics_path, run.progress.n_metrics)
 
     # ------------------------------------------------------------------------------------------ offline cache
-    def _cache_path(self, run: SeedRun, kind: str) -> Path | None:
+    def _cache_path(self, run: SeedRun, phase: str, step: int | None = None) -> Path | None:
+        """Where the state of ``run`` at the end of the offline phase, or at ``step`` of the collection or of the
+        pre-training, is cached, keyed by the settings that state depends on."""
         if self.cache_dir is None:
             return None
-        if kind == "offline":
+        if phase == "offline":
             return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}.pt"
-        return self.cache_dir / f"collect-{run.config.digest(COLLECT_FIELDS)}-{kind}.pt"
+        fields = {"collect": COLLECT_FIELDS, "pretrain": PRETRAIN_FIELDS}[phase]
+        return self.cache_dir / f"{phase}-{run.config.digest(fields)}-{step}.pt"
 
-    def _cached(self, kind: str) -> list[dict[str, Any]] | None:
-        """Every seed's cached state of ``kind`` (offline, or a collection step), or None unless all have one."""
-        paths = [self._cache_path(run, kind) for run in self.runs]
+    def _cached(self, phase: str, step: int | None = None) -> list[dict[str, Any]] | None:
+        """Every seed's cached state (see :meth:`_cache_path`), or None unless all have one."""
+        paths = [self._cache_path(run, phase, step) for run in self.runs]
         if any(path is None or not path.exists() for path in paths):
             return None
         return [load_torch(path) for path in paths]
@@ -509,7 +518,7 @@ class Trainer:
         collecting, so only the buffers, RNGs, env, progress and metrics so far change; Q_on and the density net are
         still at their seeded initial values, which a branching run has already."""
         for row, run in enumerate(self.runs):
-            path = self._cache_path(run, str(run.progress.online_step))
+            path = self._cache_path(run, "collect", run.progress.online_step)
             if path is None or path.exists():
                 continue
             state = {
@@ -527,7 +536,7 @@ class Trainer:
         p = self.progress
         if p.phase != "collect" or p.online_step != 0:
             return False
-        cached = self._cached(str(self.config.n_tau))
+        cached = self._cached("collect", self.config.n_tau)
         if cached is None:
             return False
         for row, (run, entry) in enumerate(zip(self.runs, cached)):
@@ -542,6 +551,33 @@ class Trainer:
                 append_jsonl(run.metrics_path, record)
             run.progress = Progress(**state["progress"])
         torch.set_rng_state(cached[0]["state"]["rng"]["torch"])
+        self.save_checkpoint()
+        return True
+
+    # ------------------------------------------------------------------------------------------ pre-training prefix
+    def _store_pretrain_snapshot(self) -> None:
+        """The whole run's state after ``pretrain_step`` updates of Q_on: a run with that N_pretrain is, at the end
+        of its pre-training, exactly here (nothing within the phase evaluates or draws outside its updates)."""
+        for run, state in zip(self.runs, self._seed_states()):
+            path = self._cache_path(run, "pretrain", run.progress.pretrain_step)
+            if path is not None and not path.exists():
+                save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)[: run.progress.n_metrics]})
+
+    def try_pretrain_cache(self) -> bool:
+        """Before pre-training Q_on, take the state of a longer pre-training of the same seeds at this run's
+        N_pretrain if one stored it; returns whether it did. The run then ends its pre-training as if it had done
+        those updates itself."""
+        p, n_pretrain = self.progress, self.config.n_pretrain
+        if p.phase != "pretrain" or p.pretrain_step != 0 or n_pretrain == 0:
+            return False
+        cached = self._cached("pretrain", n_pretrain)
+        if cached is None:
+            return False
+        self.load_states([entry["state"] for entry in cached])
+        for run, entry in zip(self.runs, cached):
+            # Both hold the records up to the end of the collection (pre-training does not evaluate).
+            for record in entry["metrics"][len(read_jsonl(run.metrics_path)):]:
+                append_jsonl(run.metrics_path, record)
         self.save_checkpoint()
         return True
 
@@ -702,19 +738,22 @@ def code_version() -> str:
 
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
-             cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()) -> Trainer:
+             cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
+             pretrain_snapshots: Collection[int] = ()) -> Trainer:
     """A trainer for one run of its own in ``run_dir``; see :func:`open_seed_batch`."""
-    return open_seed_batch([config], [run_dir], dataset, resume, cache_dir, collect_snapshots)
+    return open_seed_batch([config], [run_dir], dataset, resume, cache_dir, collect_snapshots, pretrain_snapshots)
 
 
 def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset, resume: bool,
-                    cache_dir: Path | None = None, collect_snapshots: Collection[int] = ()) -> Trainer:
+                    cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
+                    pretrain_snapshots: Collection[int] = ()) -> Trainer:
     """A trainer for the seeds ``configs`` (each with its directory in ``run_dirs``): fresh (refusing to overwrite
     another run) or resumed from their last checkpoints.
 
-    With a ``cache_dir``, the seeds start from the cached offline phase and the stored collection prefix that match
-    their configurations, if every seed has one; ``collect_snapshots`` are the env steps at which their own
-    collection stores its state.
+    With a ``cache_dir``, the seeds start from the cached offline phase, the stored collection prefix and the stored
+    pre-training prefix that match their configurations, if every seed has one; ``collect_snapshots`` are the env
+    steps at which their own collection stores its state, ``pretrain_snapshots`` the pre-training steps at which
+    their own pre-training does.
     """
     run_dirs = [Path(d) for d in run_dirs]
     started = []
@@ -728,7 +767,7 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
             if stored.to_json() != config.to_json():
                 raise ValueError(f"--resume: {config_path} differs from the requested configuration")
         started.append((run_dir / "checkpoints" / "latest.pt").exists())
-    trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots)
+    trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots, pretrain_snapshots)
     if resume and any(started):
         if not all(started):
             raise ValueError(f"--resume: only {[str(d) for d, s in zip(run_dirs, started) if s]} of the seed batch "
@@ -741,4 +780,5 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         trainer.try_offline_cache()
     trainer.try_collect_cache()
+    trainer.try_pretrain_cache()
     return trainer

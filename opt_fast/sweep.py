@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from opt_fast.ablate import AblationSpec, check_overrides, parse_seeds, variant_overrides
-from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, Config
+from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS, Config
 from opt_fast.io import read_json
 
 # Keys of a sweep file; see load_sweep.
@@ -51,14 +51,21 @@ class Task:
     """Run the phases before this one (``done``: all of them)."""
     snapshots: tuple[int, ...] = ()
     """Env steps at which the run's collection stores its state for runs with that N_tau."""
+    pretrain_snapshots: tuple[int, ...] = ()
+    """Pre-training steps at which the run stores its state for runs with that N_pretrain."""
 
 
 @dataclass(frozen=True)
 class Group:
-    """Runs sharing an offline phase: ``prepare`` (the lead up to the end of its collection) first, then ``runs``."""
+    """Runs sharing a prefix: ``prepare`` (their lead up to the end of the shared part) first, then ``runs`` (tasks,
+    or groups sharing a longer prefix)."""
 
     prepare: Task
-    runs: tuple[Task, ...]
+    runs: tuple[Task | Group, ...]
+
+    def tasks(self) -> list[Task]:
+        """Every run of the group, nested groups included (their leads are among their runs)."""
+        return [task for run in self.runs for task in (run.tasks() if isinstance(run, Group) else [run])]
 
 
 # ------------------------------------------------------------------------------------------ sweep files
@@ -124,7 +131,9 @@ def load_sweep(path: Path) -> AblationSpec:
 # ------------------------------------------------------------------------------------------ planning
 def plan(configs: list[Config]) -> list[Group]:
     """Group the distinct configs by offline phase; each group's lead is its OPT run with the largest N_tau and
-    stores its collection at the N_tau of every other run of the group with the same collection settings."""
+    stores its collection at the N_tau of every other run of the group with the same collection settings. Within a
+    group, OPT runs that differ only after Q_on's pre-training or in N_pretrain form a nested group whose lead, the
+    run with the largest N_pretrain, pre-trains first and stores its state at every other run's N_pretrain."""
     distinct = {config.digest(): config for config in configs}
     groups: dict[str, list[Config]] = {}
     for config in distinct.values():
@@ -137,8 +146,26 @@ def plan(configs: list[Config]) -> list[Group]:
         # Every other run's N_tau, the lead's own included (its twins with other pre-training settings branch there).
         steps = sorted({c.n_tau for c in with_opt
                         if c.n_tau > 0 and c is not lead and c.digest(COLLECT_FIELDS) == shared})
-        planned.append(Group(Task(lead, "pretrain", tuple(steps)), tuple(Task(c) for c in members)))
+        planned.append(Group(Task(lead, "pretrain", tuple(steps)), tuple(_pretrain_groups(members))))
     return planned
+
+
+def _pretrain_groups(members: list[Config]) -> list[Task | Group]:
+    """The runs of one offline group, those sharing Q_on's pre-training (``PRETRAIN_FIELDS``) nested under the one
+    with the largest N_pretrain."""
+    families: dict[str, list[Config]] = {}
+    for config in members:
+        shares = config.opt and config.n_pretrain > 0
+        families.setdefault(config.digest(PRETRAIN_FIELDS) if shares else config.digest(), []).append(config)
+    items: list[Task | Group] = []
+    for family in families.values():
+        if len(family) == 1:
+            items.append(Task(family[0]))
+            continue
+        lead = max(family, key=lambda c: c.n_pretrain)
+        steps = tuple(sorted({c.n_pretrain for c in family if c is not lead}))
+        items.append(Group(Task(lead, "finetune", pretrain_snapshots=steps), tuple(Task(c) for c in family)))
+    return items
 
 
 def describe_plan(groups: list[Group], out: Path) -> str:
@@ -146,13 +173,23 @@ def describe_plan(groups: list[Group], out: Path) -> str:
     from opt_fast.ablate import describe
     from opt_fast.cli import run_dir_for
 
-    lines = [f"{sum(len(g.runs) for g in groups)} run(s) in {len(groups)} group(s) sharing an offline phase"]
+    lines = [f"{sum(len(g.tasks()) for g in groups)} run(s) in {len(groups)} group(s) sharing an offline phase"]
+
+    def add(items: tuple[Task | Group, ...], indent: str) -> None:
+        for item in items:
+            if isinstance(item, Group):
+                steps = ", ".join(map(str, item.prepare.pretrain_snapshots))
+                lines.append(f"{indent}pre-training by {run_dir_for(out, item.prepare.config).name}, stored at "
+                             f"steps {steps}:")
+                add(item.runs, indent + "  ")
+            else:
+                lines.append(f"{indent}{describe(item.config)}, seed {item.config.seed}: {run_dir_for(out, item.config)}")
+
     for group in groups:
         lead = group.prepare
         stored = f"; its collection stored at env steps {', '.join(map(str, lead.snapshots))}" if lead.snapshots else ""
         lines.append(f"group (offline phase and collection by {run_dir_for(out, lead.config).name}{stored}):")
-        lines += [f"  {describe(run.config)}, seed {run.config.seed}: {run_dir_for(out, run.config)}"
-                  for run in group.runs]
+        add(group.runs, "  ")
     return "\n".join(lines)
 
 
@@ -186,7 +223,8 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
         if (run_dir / "summary.json").exists():
             return read_json(run_dir / "summary.json")
         trainer = open_run(task.config, run_dir, load_training_data(task.config), resume=True,
-                           cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots)
+                           cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots,
+                           pretrain_snapshots=task.pretrain_snapshots)
         if task.stop == "done":
             return trainer.run()[0]
         trainer.run_until(task.stop)
@@ -210,7 +248,7 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
     pending: dict[Hashable, Group | Task] = {submit(group.prepare): group for group in groups}
     summaries: dict[str, Any] = {}
     failures: list[str] = []
-    total = sum(len(group.runs) for group in groups)
+    total = sum(len(group.tasks()) for group in groups)
     while pending:
         for handle in wait_any(list(pending)):
             item = pending.pop(handle)
@@ -220,12 +258,12 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
             except lost:
                 raise
             except Exception as err:  # any failure of one run: reported with its run directory at the end
-                unstarted = f" ({len(item.runs)} run(s) of its group not started)" if isinstance(item, Group) else ""
+                unstarted = f" ({len(item.tasks())} run(s) of its group not started)" if isinstance(item, Group) else ""
                 failures.append(f"{run_dir_for(out, task.config)}: {type(err).__name__}: {err}{unstarted}")
                 continue
             if isinstance(item, Group):
                 for run in item.runs:
-                    pending[submit(run)] = run
+                    pending[submit(run.prepare if isinstance(run, Group) else run)] = run
             else:
                 summaries[str(run_dir_for(out, task.config))] = value
                 print(f"[{len(summaries)}/{total}] {run_dir_for(out, task.config)}: final score "
@@ -233,7 +271,7 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
     if failures:
         raise SweepError(f"{len(failures)} task(s) failed (finished runs are kept; rerun to retry):\n  "
                          + "\n  ".join(failures))
-    order = [str(run_dir_for(out, run.config)) for group in groups for run in group.runs]
+    order = [str(run_dir_for(out, run.config)) for group in groups for run in group.tasks()]
     return {run_dir: summaries[run_dir] for run_dir in order}
 
 

@@ -114,6 +114,33 @@ def test_plan_runs_each_offline_phase_once_and_stores_the_collections_others_nee
     assert sum(len(g.runs) for g in groups) == len(configs) == 14
 
 
+def test_an_n_pretrain_grid_pretrains_once_and_each_cell_ends_as_its_own_run(tmp_path, dataset):
+    """The N_pretrain cells of one (dataset, seed, N_tau) branch from the longest pre-training: it stores the run's
+    state at every other cell's N_pretrain, and each cell fine-tunes from there to the same numbers as a cell run on
+    its own (no cache)."""
+    from opt_fast.cli import load_training_data, run_dir_for
+    from opt_fast.pipeline import open_run
+
+    spec = AblationSpec(datasets=["hopper-random"], seeds=[0], budget="smoke", n_tau=[40], n_pretrain=[5, 10, 20],
+                        base={**TINY, "dataset": str(dataset)})
+    configs, _ = expand(spec)
+    [group] = plan(configs)
+    [nested] = group.runs
+    assert nested.prepare.config.n_pretrain == 20 and nested.prepare.stop == "finetune"
+    assert nested.prepare.pretrain_snapshots == (5, 10) and len(group.tasks()) == 3
+    summaries = run_sweep(configs, tmp_path / "grid", workers=1)
+    cache = sorted(p.name.split("-")[0] for p in (tmp_path / "grid" / "hopper-random-v2" / "_offline").iterdir())
+    assert cache == ["collect", "offline", "pretrain", "pretrain"]  # the collection is stored for the twins too
+    for config in configs:
+        if config.n_pretrain == 20:
+            continue
+        alone = tmp_path / "alone" / f"n_pretrain-{config.n_pretrain}"
+        [summary] = open_run(config, alone, load_training_data(config), resume=False).run()
+        branched = run_dir_for((tmp_path / "grid").resolve(), config)
+        assert (branched / "metrics.jsonl").read_text() == (alone / "metrics.jsonl").read_text()
+        assert summaries[str(branched)]["final_score"] == summary["final_score"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
