@@ -17,7 +17,7 @@ ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
 @dataclass
 class Config:
     # --- what to run -------------------------------------------------------------------------------------
-    env: str = "hopper-medium-replay"
+    env: str = "hopper-random"
     """Dataset name as D4RL spells it (``walker2d-medium-replay``, ``door-cloned``, ``antmaze-umaze``; version
     optional), or a local Minari dataset as ``minari:<id>`` (``minari:D4RL/door/human-v2``)."""
     dataset: str | None = None
