@@ -42,9 +42,17 @@ def rounded(value):
     return value
 
 
+# What an evaluation record measures; anything else a record may carry (wall-clock time, throughput, training
+# statistics between evaluations) is outside the digest.
+EVALUATION_KEYS = ("phase", "offline_step", "online_step", "pretrain_step", "update_step", "kappa", "score",
+                   "return_mean", "return_std", "episodes", "mc_return", "q_off_q", "q_on_q", "q_off_bias",
+                   "q_on_bias")
+
+
 def metrics_digest(path: Path) -> str:
-    records = [rounded(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evaluations = [rounded({key: r[key] for key in EVALUATION_KEYS if key in r}) for r in records if "score" in r]
+    return hashlib.sha256(json.dumps(evaluations, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def golden_run(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Path:
