@@ -177,6 +177,12 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The options in which two configs (``to_json()`` values) differ, each as ``--name (stored vs wanted)``."""
+    return [f"--{key.replace('_', '-')} ({stored.get(key)!r} there, {wanted.get(key)!r} here)"
+            for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
+
+
 ENV_BACKENDS = ("gymnasium", "mjx")
 MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
 """The families ``opt_fast.mjx_envs`` simulates."""

@@ -369,6 +369,7 @@ class Trainer:
             "variant": self.config.backbone.upper() + ("+OPT" if self.config.opt else ""),
             "reference_scores": list(self.ref_scores),
             "dataset_path": str(self.dataset.path),
+            "data_digest": self.dataset.content_digest,
             "dataset_metadata": {key: value for key, value in self.dataset.metadata.items()
                                  if isinstance(value, (str, int, float, bool))},
             "env_packages": env_package_versions(self.family),
@@ -455,11 +456,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ offline cache
     def _cache_path(self, run: SeedRun, kind: str) -> Path | None:
+        """Where the offline phase (``kind`` "offline") or a collection prefix (``kind`` its env step) of ``run`` is
+        cached: keyed by the config fields that determine it and by the content of the data it trains on."""
         if self.cache_dir is None:
             return None
+        data = self.dataset.content_digest[:12]
         if kind == "offline":
-            return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}.pt"
-        return self.cache_dir / f"collect-{run.config.digest(COLLECT_FIELDS)}-{kind}.pt"
+            return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}-{data}.pt"
+        return self.cache_dir / f"collect-{run.config.digest(COLLECT_FIELDS)}-{data}-{kind}.pt"
 
     def _cached(self, kind: str) -> list[dict[str, Any]] | None:
         """Every seed's cached state of ``kind`` (offline, or a collection step), or None unless all have one."""

@@ -14,24 +14,28 @@ import numpy as np
 import pytest
 
 from opt_fast.ablate import AblationSpec, expand
-from opt_fast.sweep import load_sweep, plan, run_sweep
+from opt_fast.sweep import ensure_datasets, load_sweep, plan, run_sweep
 
 # Tiny runs: seconds each on one thread. N_tau comes from each test's grid.
 TINY = dict(offline_steps=40, n_pretrain=10, online_steps=100, eval_every=20, eval_episodes=1, checkpoint_every=15,
             hidden=[16, 16], batch_size=16, utd=2)
 
 
-def write_tiny_dataset(path: Path) -> Path:
-    """A small random dataset in D4RL's layout with hopper's sizes, marked as generated data."""
-    rng = np.random.default_rng(0)
-    n = 600
+def write_tiny_dataset(path: Path, rows: int = 600, seed: int = 0, dims: tuple[int, int] = (11, 3),
+                       metadata: dict | None = None) -> Path:
+    """A small random dataset in D4RL's layout, by default with hopper's sizes and marked as generated data
+    (``metadata`` replaces the ``metadata`` group's attributes, {} for none)."""
+    rng = np.random.default_rng(seed)
+    n = rows
     with h5py.File(path, "w") as f:
-        f["observations"] = rng.normal(size=(n, 11)).astype(np.float32)
-        f["actions"] = rng.uniform(-1, 1, size=(n, 3)).astype(np.float32)
+        f["observations"] = rng.normal(size=(n, dims[0])).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, size=(n, dims[1])).astype(np.float32)
         f["rewards"] = rng.normal(size=n).astype(np.float32)
         f["terminals"] = np.arange(n) % 97 == 96
         f["timeouts"] = np.zeros(n, dtype=bool)
-        f.create_group("metadata").attrs["generator"] = "tests"
+        attrs = {"generator": "tests"} if metadata is None else metadata
+        if attrs:
+            f.create_group("metadata").attrs.update(attrs)
     return path
 
 
@@ -100,7 +104,7 @@ def test_plan_runs_each_offline_phase_once_and_stores_the_collections_others_nee
                         "noisier": {"exploration_noise": 0.3}}, budget="smoke", n_tau=[0, 20, 40],
                         base={**TINY, "dataset": str(dataset)})
     configs, _ = expand(spec)
-    groups = plan(configs + configs[:2])  # listed twice: still planned once
+    groups = plan(configs + configs[:2], ensure_datasets(configs))  # listed twice: still planned once
     assert len(groups) == 2
     for group in groups:
         lead = group.prepare
