@@ -290,7 +290,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from opt_fast.data.d4rl import dataset_info
-    from opt_fast.data.names import parse_dataset_name
+    from opt_fast.data.names import MINARI_PREFIX, parse_dataset_name
 
     if args.data_command == "generate":
         name = parse_dataset_name(args.name)
@@ -298,7 +298,14 @@ def cmd_data(args: argparse.Namespace) -> int:
         path = generate_data(name, out, args.seed, args.budget, args.env_version, args.adroit_data, args.policy_steps)
         print(path)
         return 0
+    if args.name.lower().startswith(MINARI_PREFIX):
+        from opt_fast.data.minari import minari_info
+
+        print(json.dumps(minari_info(args.name[len(MINARI_PREFIX):]), indent=2))
+        return 0
     target = Path(args.name)
+    if not target.exists() and (target.suffix in (".hdf5", ".h5") or os.sep in args.name):
+        raise FileNotFoundError(f"no dataset file at {target}")
     if not target.exists():
         name = parse_dataset_name(args.name)
         candidates = [d4rl_file(name)] + [generated_path(name, "v5", b) for b in sorted(set(DATA_BUDGET.values()))]
@@ -428,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="AntMaze: SAC steps of the goal-reaching ant (default by --budget); training resumes "
                           "from its checkpoint in the output directory")
     info = data_commands.add_parser("info", help="rows, episodes, returns and metadata of a dataset")
-    info.add_argument("name", help="dataset name or path to an hdf5 file")
+    info.add_argument("name", help="dataset name, path to an hdf5 file, or minari:<Minari dataset id>")
     add_study_commands(commands)
     return parser
 
@@ -445,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         return cmd_data(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+    # Bad input of any kind (options, files, data, a full or read-only --out) ends in one line naming it, no traceback.
+    except (ValueError, OSError, KeyError, ImportError) as err:
         print(f"opt-fast: error: {err}", file=sys.stderr)
         return 2
 

@@ -129,7 +129,7 @@ class Trainer:
                   "gymnasium-robotics' (see opt_fast.antmaze): the online env does not match it; use Minari's "
                   "D4RL/antmaze data or `opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
-        self.device = torch.device(config.device)
+        self.device = checked_device(config.device)
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
 
@@ -546,6 +546,24 @@ class Trainer:
         return True
 
 
+def checked_device(name: str) -> torch.device:
+    """``--device`` as a torch device, refused with a message when this machine has no such device."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; expected cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: opt-fast runs on cpu or cuda devices")
+    return device
+
+
 def check_seed_batch(configs: Sequence[Config]) -> None:
     """Seeds trained as a batch must differ only in the seed, name the batch's seeds in ``seed_batch``, and a run of
     its own has none."""
@@ -736,7 +754,10 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
         trainer.resume()
     else:
         for config, run_dir in zip(configs, run_dirs):
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot create the run directory {run_dir}: {err.strerror}") from None
             write_json(run_dir / "config.json", config.to_json())
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         trainer.try_offline_cache()

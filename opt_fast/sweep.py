@@ -83,15 +83,21 @@ def load_sweep(path: Path) -> AblationSpec:
     """
     path = Path(path)
     text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-        else:
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{where}: YAML syntax error: {problem}") from None
+    else:
+        try:
             data = json.loads(text)
-    except (ValueError, ImportError) as err:  # yaml.YAMLError and json.JSONDecodeError are ValueErrors
-        raise ValueError(f"{path}: cannot parse: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: JSON syntax error: {err.msg}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with keys {', '.join(_FILE_KEYS)}")
     unknown = sorted(set(data) - set(_FILE_KEYS))
@@ -105,7 +111,7 @@ def load_sweep(path: Path) -> AblationSpec:
         raise ValueError(f"{path}: 'datasets' must be a dataset name or a list of them")
     seeds = data["seeds"]
     if isinstance(seeds, (str, int)) and not isinstance(seeds, bool):
-        seeds = parse_seeds(str(seeds))
+        seeds = parse_seeds(str(seeds), f"{path}: 'seeds'")
     elif not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds):
         raise ValueError(f"{path}: 'seeds' must be a range such as 0-4 or a list of integers")
     variants = data.get("variants", ["opt"])

@@ -343,7 +343,7 @@ def load_dataset(
     transitions = qlearning_dataset(raw, max_episode_steps=max_episode_steps)
     if len(transitions["rewards"]) == 0:
         raise ValueError(
-            f"{path}: no transitions to train on ({len(raw['observations'])} rows): a transition needs a next row, "
+            f"{path}: no transitions to train on (rows: {len(raw['observations'])}): a transition needs a next row, "
             f"and rows that end an episode by time limit ('timeouts') are dropped as d4rl's qlearning_dataset does")
     return OfflineDataset(**transitions, path=path, source=source, name=name, metadata=metadata)
 
