@@ -225,3 +225,53 @@ def test_data_info_reads_a_minari_dataset(capsys, monkeypatch, tmp_path):
     assert (info["dataset"], info["transitions"], info["episodes"], info["terminals"]) == \
         ("minari:D4RL/door/tiny-v0", 8, 2, 2)
     assert (info["obs_dim"], info["act_dim"], info["episode_length"]["max"]) == (39, 28, 5)
+
+
+# --- a corrupted checkpoints/latest.pt on --resume
+def interrupted_run(tmp_path, monkeypatch, files, phase: str, at_step: int) -> tuple[list[str], Path]:
+    """A tiny run stopped (as by a kill) in ``phase`` at its first evaluation or checkpoint from env or gradient
+    step ``at_step`` on; its command line and run directory."""
+    args = train(files, "--out", str(tmp_path / "runs"))
+    periodic = pipeline.Trainer._periodic
+
+    def stop(trainer, step, bar):
+        periodic(trainer, step, bar)
+        if trainer.progress.phase == phase and step >= at_step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.Trainer, "_periodic", stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    monkeypatch.setattr(pipeline.Trainer, "_periodic", periodic)
+    [run_dir] = (tmp_path / "runs").glob("*/opt-*")
+    return [*args, "--resume"], run_dir
+
+
+CORRUPTIONS = {"truncated": lambda data: data[: len(data) // 2], "random": lambda data: os.urandom(len(data)),
+               "empty": lambda data: b""}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupted_latest_checkpoint_is_named_and_the_last_phase_checkpoint_resumed(
+        files, capsys, monkeypatch, tmp_path, corruption):
+    # Stopped after a checkpoint of the fine-tuning: latest.pt is no longer pretrain.pt's hard link.
+    args, run_dir = interrupted_run(tmp_path, monkeypatch, files, "finetune", 50)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    latest.write_bytes(CORRUPTIONS[corruption](latest.read_bytes()))
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {latest} is not a readable checkpoint" in err
+    assert "resuming from pretrain.pt instead, the end of the pretrain phase" in err
+    assert f"resuming {run_dir} from checkpoints/pretrain.pt: phase finetune" in err
+    assert "Traceback" not in err and (run_dir / "summary.json").exists()
+
+
+def test_a_corrupted_latest_checkpoint_without_a_phase_checkpoint_is_an_error(files, capsys, monkeypatch, tmp_path):
+    args, run_dir = interrupted_run(tmp_path, monkeypatch, files, "offline", 20)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    latest.write_bytes(b"")
+    capsys.readouterr()
+    line = the_error(capsys, args)
+    assert f"{latest} is not a readable checkpoint" in line and "no phase checkpoint is intact" in line
+    assert f"remove {run_dir}" in line
