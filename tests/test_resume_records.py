@@ -65,33 +65,47 @@ def test_phase_seconds_add_up_across_resumes(tmp_path, dataset, monkeypatch):  #
     assert summary["phase_seconds"]["offline"] == config.offline_steps == 40.0
 
 
-def test_a_kill_between_the_rename_and_the_phase_link_keeps_the_phase_checkpoint(tmp_path, dataset,  # noqa: F811
-                                                                                  monkeypatch):
+# Where the commit at the end of the collection is killed: the function call that does not happen, and the phase the
+# resumed run is in (the old state: still collecting from the checkpoint at env step 30; the new one: pre-training).
+COMMIT_WINDOWS = {
+    "before the marker": ("write_json", "commit.json", "collect"),
+    "after the marker, before the rename": ("replace", "latest.pt.next", "pretrain"),
+    "between the rename and the phase link": ("link", ".collect.pt.link", "pretrain"),
+}
+
+
+@pytest.mark.parametrize("window", sorted(COMMIT_WINDOWS))
+def test_a_commit_killed_anywhere_leaves_the_old_or_the_new_state_complete(tmp_path, dataset,  # noqa: F811
+                                                                          monkeypatch, window):
+    function, name, resumed_phase = COMMIT_WINDOWS[window]
     config = tiny_config()
     straight = open_run(config, tmp_path / "straight", dataset, resume=False)
     straight.run()
     trainer = open_run(config, tmp_path / "cut", dataset, resume=False)
-    real_link = os.link
+    where = pipeline if function == "write_json" else os
+    real = getattr(where, function)
 
-    def killed_at_the_phase_link(src, dst):
-        if str(dst).endswith(".collect.pt.link"):
-            raise KeyboardInterrupt  # latest.pt is the collection's end, collect.pt not made yet
-        real_link(src, dst)
+    def killed(first, second, *args, **kwargs):
+        path = second if function == "link" else first
+        if trainer.progress.phase == "pretrain" and str(path).endswith(name):
+            raise KeyboardInterrupt
+        return real(first, second, *args, **kwargs)
 
-    monkeypatch.setattr(os, "link", killed_at_the_phase_link)
+    monkeypatch.setattr(where, function, killed)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
-    monkeypatch.setattr(os, "link", real_link)
+    monkeypatch.setattr(where, function, real)
     checkpoints = tmp_path / "cut" / "checkpoints"
-    assert not (checkpoints / "collect.pt").exists() and (checkpoints / "commit.json").exists()
+    assert not (checkpoints / "collect.pt").exists()
     # What a kill -9 inside a write leaves: temporary files, empty or partial.
     (checkpoints / ".commit.json.x1y2.tmp").write_bytes(b"")
     (tmp_path / "cut" / ".metrics.jsonl.a1b2.tmp").write_bytes(b"{")
     resumed = open_run(config, tmp_path / "cut", dataset, resume=True)
-    assert (checkpoints / "collect.pt").exists() and not (checkpoints / "commit.json").exists()
-    assert torch.load(checkpoints / "collect.pt", weights_only=False)["progress"]["phase"] == "pretrain"
+    assert resumed.progress.phase == resumed_phase and not (checkpoints / "commit.json").exists()
+    assert (checkpoints / "collect.pt").exists() == (resumed_phase == "pretrain")
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
+        ["offline.pt", "latest.pt"] + (["collect.pt"] if resumed_phase == "pretrain" else []))
     assert list((tmp_path / "cut").rglob("*.tmp")) == []
-    assert resumed.progress.phase == "pretrain"
     resumed.run()
     for key, value in final_params(straight).items():
         torch.testing.assert_close(final_params(resumed)[key], value, rtol=0, atol=0, msg=key)
