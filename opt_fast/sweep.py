@@ -191,22 +191,22 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
 
     ``threads`` > 0 sets PyTorch's threads (the pool gives each of its workers a share of the cores).
     """
-    from opt_fast.cli import load_training_data, phase_cache_dir, run_dir_for
+    from opt_fast.cli import load_training_data, phase_cache_dir
     from opt_fast.pipeline import open_run
 
     if threads > 0 and task.config.torch_threads == 0:
         import torch
 
         torch.set_num_threads(threads)
-    dataset = load_training_data(task.config)
-    if dataset.content_digest != task.data_digest:
-        raise ValueError(f"{dataset.path} changed since the sweep was planned (its content digest is "
-                         f"{dataset.content_digest[:12]}, planned {str(task.data_digest)[:12]}); run the sweep again")
-    run_dir = run_dir_for(Path(out), task.config, dataset.content_digest)
+    run_dir = _run_dir(Path(out), task)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir / ".lock"):
         if (run_dir / "summary.json").exists():
             return read_json(run_dir / "summary.json")
+        dataset = load_training_data(task.config)
+        if dataset.content_digest != task.data_digest:
+            raise ValueError(f"{dataset.path} changed since the sweep was planned (its content digest is "
+                             f"{dataset.content_digest[:12]}, planned {task.data_digest[:12]}); run the sweep again")
         trainer = open_run(task.config, run_dir, dataset, resume=True,
                            cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots)
         if task.stop == "done":

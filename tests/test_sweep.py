@@ -195,3 +195,15 @@ def test_a_dry_run_names_run_directories_by_their_data_and_makes_no_data(tmp_pat
     assert capsys.readouterr().out.splitlines()[-1].endswith(
         "(its directory is named once its data is made, when the sweep runs)")
     assert not (tmp_path / "generated").exists()
+
+
+def test_a_task_refuses_data_changed_since_the_plan(tmp_path):
+    from opt_fast.sweep import run_task
+
+    data = write_tiny_dataset(tmp_path / "data.hdf5")
+    configs, _ = expand(AblationSpec(datasets=["hopper-random"], seeds=[0], variants={"opt": {}}, budget="smoke",
+                                     base={**TINY, "n_tau": 20, "dataset": str(data)}))
+    [group] = plan(configs, ensure_datasets(configs))
+    write_tiny_dataset(data, seed=1)
+    with pytest.raises(ValueError, match=f"{data} changed since the sweep was planned"):
+        run_task(group.prepare, str(tmp_path / "runs"))
