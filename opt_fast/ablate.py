@@ -58,17 +58,22 @@ class AblationSpec:
     """Config overrides applied to every run (before the grid and the variant)."""
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``0-4`` -> [0, 1, 2, 3, 4]; ``0,2,5`` -> [0, 2, 5]; both may mix (``0-2,7``)."""
+def parse_seeds(text: str, what: str = "--seeds") -> list[int]:
+    """``0-4`` -> [0, 1, 2, 3, 4]; ``0,2,5`` -> [0, 2, 5]; both may mix (``0-2,7``). Errors name ``what`` (the
+    option or the file key the text came from)."""
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            seeds.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise ValueError(f"seeds: expected integers or ranges such as 0-4 or 0,2,5, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: expected distinct seeds, got {text!r}")
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"{what}: expected non-negative integers or ranges such as 0-4 or 0,2,5, got "
+                             f"{text!r}") from None
+        if high < low:
+            raise ValueError(f"{what}: the range {part.strip()!r} is empty; write FIRST-LAST with FIRST <= LAST")
+        seeds.extend(range(low, high + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{what}: every seed once, got {text!r}")
     return seeds
 
 

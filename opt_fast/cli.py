@@ -14,7 +14,7 @@ from typing import Any
 
 from opt_fast import config as config_module
 from opt_fast import runtime
-from opt_fast.config import BUDGETS, DATA_BUDGET, PHASES, Config, resolve
+from opt_fast.config import BUDGETS, DATA_BUDGET, PHASES, Config, config_differences, resolve
 
 # Options with their own, shorter spelling below; every other Config field becomes --field-name.
 _SPECIAL = {"env", "dataset", "seed", "budget", "opt", "compile", "extra"}
@@ -53,6 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     parser.add_argument("--env", default=s, help=f"{docs['env']} (default {defaults.env})")
     parser.add_argument("--dataset", default=s, metavar="PATH", help=docs["dataset"])
+    parser.add_argument("--allow-env-mismatch", action="store_true",
+                        help="train on a --dataset whose name or metadata says it is another task family's data "
+                        "than --env's (refused otherwise)")
     parser.add_argument("--seed", type=int, default=s, help="random seed (default 0)")
     parser.add_argument("--seeds", default=None, metavar="SEEDS",
                         help="several seeds, e.g. 0-2 or 0,3,5, trained together with the seed as a batch dimension "
@@ -102,11 +105,37 @@ def resolve_for(base: Config, overrides: dict[str, Any]) -> Config:
     return resolve(base, overrides, task.kind, task.family)
 
 
-def run_dir_for(out: Path, config: Config) -> Path:
+def run_dir_for(out: Path, config: Config, data_digest: str) -> Path:
+    """A run's directory: named by its dataset, variant, budget and seed, then by the hash of its configuration and
+    the content digest of its data (``OfflineDataset.content_digest``), so other data never continues a run."""
     from opt_fast.data.names import parse_task
 
+    return out / parse_task(config.env).label / f"{_run_prefix(config)}-{config.digest()}-{data_digest[:12]}"
+
+
+def _run_prefix(config: Config) -> str:
     variant = "opt" if config.opt else config.backbone
-    return out / parse_task(config.env).label / f"{variant}-{config.budget}-seed{config.seed}-{config.digest()}"
+    return f"{variant}-{config.budget}-seed{config.seed}"
+
+
+def differing_runs(out: Path, config: Config, data_digest: str) -> list[str]:
+    """For each existing run of the same dataset, variant, budget and seed as ``config``'s (another run directory),
+    the settings in which it differs: why ``--resume`` found nothing to continue."""
+    run_dir = run_dir_for(out, config, data_digest)
+    wanted = config.to_json()
+    found: list[str] = []
+    for stored_path in sorted(run_dir.parent.glob(f"{_run_prefix(config)}-*/config.json")):
+        if stored_path.parent == run_dir:
+            continue
+        try:
+            stored = json.loads(stored_path.read_text())
+        except (OSError, ValueError):
+            continue  # not a run directory this version wrote
+        fields = config_differences(stored, wanted)
+        if not stored_path.parent.name.endswith(data_digest[:12]):
+            fields.append("the data (another content digest)")
+        found.append(f"{stored_path.parent}: {'; '.join(fields) or 'the same settings'}")
+    return found
 
 
 def phase_cache_dir(run_dir: Path) -> Path:
@@ -132,15 +161,26 @@ def generated_path(name, env_version: str, budget: str) -> Path:
     return generated_data_dir() / f"generated-{env_version}-{budget}" / name.d4rl_filename
 
 
-def load_training_data(config: Config, adroit_data: str | None = None):
+def load_training_data(config: Config, adroit_data: str | None = None, allow_env_mismatch: bool = False,
+                       generate: bool = True):
     """The offline dataset: --dataset, else a Minari dataset (``minari:<id>``), else the D4RL file, else locally
-    generated data (made if missing; Adroit data from the DAPG release in ``adroit_data``)."""
+    generated data (made if missing, unless ``generate`` is off: then FileNotFoundError; Adroit data from the DAPG
+    release in ``adroit_data``).
+
+    A --dataset whose file name or metadata says it holds another task family's data than --env's is refused
+    unless ``allow_env_mismatch``: its scores would use the wrong references and its env the wrong dynamics."""
     from opt_fast.data.d4rl import load_dataset
     from opt_fast.data.names import ANTMAZE_FAMILY, MinariName, parse_task
 
-    if config.dataset is not None:
-        return load_dataset(config.dataset)
     name = parse_task(config.env)
+    if config.dataset is not None:
+        dataset = load_dataset(Path(config.dataset))
+        if not allow_env_mismatch and dataset.family is not None and dataset.family != name.family:
+            holds = (dataset.name.d4rl_id if dataset.name is not None
+                     else f"{dataset.family} ({dataset.metadata['env_id']})")
+            raise ValueError(f"--dataset {config.dataset} holds {holds} data, but --env {config.env} is a "
+                             f"{name.family} task; pass --allow-env-mismatch to train on it anyway")
+        return dataset
     if isinstance(name, MinariName):
         from opt_fast.data.minari import load_minari
 
@@ -151,6 +191,8 @@ def load_training_data(config: Config, adroit_data: str | None = None):
     data_budget = DATA_BUDGET[config.budget]
     generated = generated_path(name, config.env_version, data_budget)
     if not generated.exists():
+        if not generate:
+            raise FileNotFoundError(f"no data for {name.d4rl_id} on disk yet (it is generated into {generated})")
         if name.family == ANTMAZE_FAMILY:
             raise FileNotFoundError(
                 f"no data for {name.d4rl_id}: not in $D4RL_DATASET_DIR nor at {generated}. Make it first with "
@@ -181,16 +223,21 @@ def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adr
     return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)
 
 
-def train(configs: list[Config], out: Path, resume: bool, adroit_data: str | None = None,
-          until: str | None = None) -> list[dict[str, Any]]:
-    """Train one run, or several seeds as one batch (configs that differ only in the seed), to the end or until a
-    phase has ended; each seed's summary."""
+def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | None = None) -> list[dict[str, Any]]:
+    """Train one run, or several seeds as one batch (configs that differ only in the seed) on ``dataset``, to the
+    end or until phase ``until`` has ended; each seed's summary. With ``resume``, says for each seed what it
+    continues, or why there was nothing to continue."""
     from opt_fast.pipeline import open_seed_batch
 
-    dataset = load_training_data(configs[0], adroit_data)
-    run_dirs = [run_dir_for(out, config) for config in configs]
-    for run_dir in run_dirs:
+    run_dirs = [run_dir_for(out, config, dataset.content_digest) for config in configs]
+    for config, run_dir in zip(configs, run_dirs):
         print(f"run directory: {run_dir}", file=sys.stderr)
+        if resume and not (run_dir / "config.json").exists():
+            others = differing_runs(out, config, dataset.content_digest)
+            print(f"--resume: no run of this configuration and data in {out}; starting a new one"
+                  + ("".join(f"\n  existing run {line}" for line in others)
+                     if others else " (no other run of this dataset, variant, budget and seed either)"),
+                  file=sys.stderr)
     trainer = open_seed_batch(configs, run_dirs, dataset, resume, cache_dir=phase_cache_dir(run_dirs[0]))
     return trainer.run(after=until)
 
@@ -231,11 +278,13 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                 for seed in seeds]
 
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
-    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, args.adroit_data, args.until)
+    dataset = load_training_data(configs(variants[0])[0], args.adroit_data, args.allow_env_mismatch)
+    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, dataset, args.until)
                  for use_opt in variants}
     # Show the other variant too when earlier runs of it (same settings otherwise) have finished for every seed.
     for use_opt in {True, False} - set(summaries):
-        siblings = [run_dir_for(Path(args.out), config) / "summary.json" for config in configs(use_opt)]
+        siblings = [run_dir_for(Path(args.out), config, dataset.content_digest) / "summary.json"
+                    for config in configs(use_opt)]
         if all(path.exists() for path in siblings):
             summaries[use_opt] = [json.loads(path.read_text()) for path in siblings]
     ordered = [summaries[k] for k in (False, True) if k in summaries]
@@ -247,7 +296,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from opt_fast.data.d4rl import dataset_info
-    from opt_fast.data.names import parse_dataset_name
+    from opt_fast.data.names import MINARI_PREFIX, parse_dataset_name
 
     if args.data_command == "generate":
         name = parse_dataset_name(args.name)
@@ -266,7 +315,14 @@ def cmd_data(args: argparse.Namespace) -> int:
                                     f"opt-fast data generate NAME --budget {args.budget})")
         print(comparison_table([dataset_info(p) for p in paths]))
         return 0
+    if args.name.lower().startswith(MINARI_PREFIX):
+        from opt_fast.data.minari import minari_info
+
+        print(json.dumps(minari_info(args.name[len(MINARI_PREFIX):]), indent=2))
+        return 0
     target = Path(args.name)
+    if not target.exists() and (target.suffix in (".hdf5", ".h5") or os.sep in args.name):
+        raise FileNotFoundError(f"no dataset file at {target}")
     if not target.exists():
         name = parse_dataset_name(args.name)
         candidates = [d4rl_file(name)] + [generated_path(name, "v5", b) for b in sorted(set(DATA_BUDGET.values()))]
@@ -345,7 +401,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     for reason in skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     if args.dry_run:
-        print(sweep.describe_plan(sweep.plan(configs), Path(args.out)))
+        digests = sweep.ensure_datasets(configs, generate=False)
+        print(sweep.describe_plan(sweep.plan(configs, digests), Path(args.out)))
         return 0
     try:
         summaries = sweep.run_sweep(configs, Path(args.out), args.workers, args.ray)
@@ -395,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="AntMaze: SAC steps of the goal-reaching ant (default by --budget); training resumes "
                           "from its checkpoint in the output directory")
     info = data_commands.add_parser("info", help="rows, episodes, returns and metadata of a dataset")
-    info.add_argument("name", help="dataset name or path to an hdf5 file")
+    info.add_argument("name", help="dataset name, path to an hdf5 file, or minari:<Minari dataset id>")
     compare = data_commands.add_parser(
         "compare", help="a Markdown table of generated datasets beside D4RL's published statistics (rows, episodes, "
         "returns) and the SAC step at which each medium policy was found")
@@ -420,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         return cmd_data(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+    # Bad input of any kind (options, files, data, a full or read-only --out) ends in one line naming it, no traceback.
+    except (ValueError, OSError, KeyError, ImportError) as err:
         print(f"opt-fast: error: {err}", file=sys.stderr)
         return 2
 

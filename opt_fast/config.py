@@ -14,6 +14,32 @@ ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
 """AntMaze training-reward conventions (``Config.antmaze_reward``), applied by :mod:`opt_fast.antmaze`."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric Config field may take (``metadata["range"]``; for a tuple field, each entry's), checked
+    by :func:`validate`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+NON_NEGATIVE = {"range": Range(0)}
+POSITIVE = {"range": Range(0, low_open=True)}
+UNIT_INTERVAL = {"range": Range(0, 1)}
+
+
 @dataclass
 class Config:
     # --- what to run -------------------------------------------------------------------------------------
@@ -24,8 +50,8 @@ class Config:
     """Explicit path to a D4RL-layout hdf5 file; otherwise ``$D4RL_DATASET_DIR`` then locally generated data."""
     env_version: str = "v5"
     """Gymnasium MuJoCo version of the online/evaluation env (v5 default; v4 selectable)."""
-    seed: int = 0
-    seed_batch: tuple[int, ...] = ()
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    seed_batch: tuple[int, ...] = field(default=(), metadata=NON_NEGATIVE)
     """The seeds trained with this one as a batch dimension in one process (``--seeds``), ``()`` for a run of its
     own. The batch shares one stream of torch noise, so a seed's result depends on its batch."""
     budget: str = "quick"
@@ -43,57 +69,57 @@ class Config:
     env_backend: str = "gymnasium"
     """Simulator of online collection and evaluation: ``gymnasium`` (MuJoCo's C engine, the reference) or ``mjx``
     (mujoco-mjx on JAX's default device; hopper, walker2d, halfcheetah, ant; ``pip install 'opt-fast[mjx]'``)."""
-    torch_threads: int = 0
+    torch_threads: int = field(default=0, metadata=NON_NEGATIVE)
     """``torch.set_num_threads``; 0 leaves PyTorch's default."""
 
     # --- phase lengths (§2) ------------------------------------------------------------------------------
-    offline_steps: int = 1_000_000
+    offline_steps: int = field(default=1_000_000, metadata=POSITIVE)
     """Phase 1: offline gradient steps."""
-    n_tau: int = 25_000
+    n_tau: int = field(default=25_000, metadata=NON_NEGATIVE)
     """Phase 2a: env steps collected with the frozen offline policy, no updates."""
-    n_pretrain: int = 50_000
+    n_pretrain: int = field(default=50_000, metadata=NON_NEGATIVE)
     """Phase 2b: meta-adaptation updates of Q_on."""
-    online_steps: int = 300_000
+    online_steps: int = field(default=300_000, metadata=POSITIVE)
     """Total online env steps, the N_tau collection included."""
-    utd: int = 5
+    utd: int = field(default=5, metadata=POSITIVE)
     """Updates per env step during fine-tuning (5 on MuJoCo)."""
-    eval_every: int = 5_000
+    eval_every: int = field(default=5_000, metadata=POSITIVE)
     """Evaluate every this many env steps online (and every this many gradient steps offline)."""
-    eval_episodes: int = 10
-    checkpoint_every: int = 50_000
+    eval_episodes: int = field(default=10, metadata=POSITIVE)
+    checkpoint_every: int = field(default=50_000, metadata=POSITIVE)
     """Checkpoint every this many offline gradient steps / online env steps (plus every phase boundary)."""
 
     # --- TD3 / TD3+BC (§3, §4) --------------------------------------------------------------------------
-    hidden: tuple[int, ...] = (256, 256)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_delay: int = 2
-    exploration_noise: float = 0.1
-    bc_alpha: float = 2.5
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=POSITIVE)
+    actor_lr: float = field(default=3e-4, metadata=POSITIVE)
+    critic_lr: float = field(default=3e-4, metadata=POSITIVE)
+    batch_size: int = field(default=256, metadata=POSITIVE)
+    gamma: float = field(default=0.99, metadata=UNIT_INTERVAL)
+    tau: float = field(default=0.005, metadata=UNIT_INTERVAL)
+    policy_noise: float = field(default=0.2, metadata=NON_NEGATIVE)
+    noise_clip: float = field(default=0.5, metadata=NON_NEGATIVE)
+    policy_delay: int = field(default=2, metadata=POSITIVE)
+    exploration_noise: float = field(default=0.1, metadata=NON_NEGATIVE)
+    bc_alpha: float = field(default=2.5, metadata=NON_NEGATIVE)
 
     # --- SPOT (§3.1, §3.3, §4) ---------------------------------------------------------------------------
-    spot_lambda: float = 1.0
+    spot_lambda: float = field(default=1.0, metadata=NON_NEGATIVE)
     """lam_spot, weight of the behaviour-VAE density penalty in SPOT's actor loss."""
-    spot_lambda_end: float = 0.5
+    spot_lambda_end: float = field(default=0.5, metadata=UNIT_INTERVAL)
     """Online cooling floor: lam_t = lam_spot * max(lam_end, 1 - t_online / T_online)."""
-    vae_steps: int = 100_000
+    vae_steps: int = field(default=100_000, metadata=NON_NEGATIVE)
     """Behaviour-VAE gradient steps at the start of the offline phase, before the actor and critic (SPOT)."""
-    vae_hidden: tuple[int, ...] = (750, 750)
-    vae_lr: float = 1e-3
-    vae_beta: float = 0.5
+    vae_hidden: tuple[int, ...] = field(default=(750, 750), metadata=POSITIVE)
+    vae_lr: float = field(default=1e-3, metadata=POSITIVE)
+    vae_beta: float = field(default=0.5, metadata=NON_NEGATIVE)
     """Weight of the KL term in the VAE's negative ELBO."""
     layer_norm: bool = False
     """LayerNorm after every hidden layer of the actor and the critics (SPOT on Adroit)."""
-    actor_init: float = 0.0
+    actor_init: float = field(default=0.0, metadata=NON_NEGATIVE)
     """Actor last layer drawn from U(-v, v) (SPOT: 1e-3); 0 keeps PyTorch's default initialisation."""
-    critic_init: float = 0.0
+    critic_init: float = field(default=0.0, metadata=NON_NEGATIVE)
     """Critics' last layer drawn from U(-v, v) (SPOT: 3e-3); 0 keeps PyTorch's default initialisation."""
-    online_gamma: float = 0.0
+    online_gamma: float = field(default=0.0, metadata={"range": Range(0, 1, high_open=True)})
     """Discount after the offline phase, for Q_on's pre-training and fine-tuning (AntMaze 0.995); 0 keeps gamma."""
     antmaze_reward: str = "minus_one"
     """AntMaze training reward from the 0/1 success reward: ``minus_one`` r - 1 (IQL/SPOT/OPT), ``cql``
@@ -102,26 +128,26 @@ class Config:
     # --- OPT online pre-training (§3.2) -----------------------------------------------------------------
     meta_adaptation: bool = True
     """Second-order meta-adaptation objective; off = plain L_off + L_on (an ablation of the paper)."""
-    meta_inner_lr: float = 3e-4
+    meta_inner_lr: float = field(default=3e-4, metadata=POSITIVE)
     meta_loss_weight: Literal["ratio", "one"] = "ratio"
     """``ratio``: w = sg(min(L_off, L_on) / L_on) as the released code; ``one``: the paper's equation, w = 1."""
     pretrain_data: Literal["both", "offline", "online"] = "both"
     """Data Q_on is pre-trained on (ablation: offline only / online only use plain TD on that buffer)."""
 
     # --- balanced replay (§3.3) --------------------------------------------------------------------------
-    density_lr: float = 3e-4
-    replay_temperature: float = 5.0
+    density_lr: float = field(default=3e-4, metadata=POSITIVE)
+    replay_temperature: float = field(default=5.0, metadata=POSITIVE)
     replay_ring: bool = False
     """Cap the fine-tuning replay at ``replay_ring_capacity`` as a ring (released code) instead of keeping
     every offline row (default)."""
-    replay_ring_capacity: int = 1_000_000
+    replay_ring_capacity: int = field(default=1_000_000, metadata=POSITIVE)
 
     # --- kappa schedule (§3.4) ---------------------------------------------------------------------------
-    kappa_start: float = 0.1
+    kappa_start: float = field(default=0.1, metadata=UNIT_INTERVAL)
     """Weight on Q_on in the actor's objective at the start of the ramp."""
-    kappa_end: float = 0.9
+    kappa_end: float = field(default=0.9, metadata=UNIT_INTERVAL)
     """Weight on Q_on at the end of the ramp and after it."""
-    kappa_ramp_share: float = 150_000 / 275_000
+    kappa_ramp_share: float = field(default=150_000 / 275_000, metadata=UNIT_INTERVAL)
     """Length of the linear kappa ramp as a share of fine-tuning (from the first fine-tuning update to the end of
     the online budget): the paper's 150k of 275k steps, so every budget and every N_tau keeps the schedule's shape;
     0 = kappa_end from the first update."""
@@ -156,6 +182,12 @@ class Config:
             keys = [k for k in keys if k != "seed_batch"]
         blob = json.dumps({k: values[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The options in which two configs (``to_json()`` values) differ, each as ``--name (stored vs wanted)``."""
+    return [f"--{key.replace('_', '-')} ({stored.get(key)!r} there, {wanted.get(key)!r} here)"
+            for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
 
 
 PHASES = ("offline", "collect", "pretrain", "finetune", "done")
@@ -289,20 +321,13 @@ def resolve(base: Config, overrides: dict[str, Any], dataset_kind: str, family: 
 
 def validate(config: Config) -> None:
     """Reject configs that cannot run, naming the option."""
-    positive = ("offline_steps", "online_steps", "utd", "eval_every", "eval_episodes", "checkpoint_every",
-                "batch_size", "policy_delay")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("n_tau", "n_pretrain", "kappa_ramp_share"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    for f in dataclasses.fields(Config):
+        if "range" in f.metadata:
+            _check_range(f, getattr(config, f.name))
     if config.opt and config.n_tau >= config.online_steps:
         raise ValueError(f"--n-tau ({config.n_tau}) must be smaller than --online-steps ({config.online_steps})")
     if config.opt and config.n_tau < 1 and config.n_pretrain > 0 and config.pretrain_data != "offline":
         raise ValueError("online pre-training on online data needs --n-tau >= 1")
-    if not 0.0 <= config.kappa_start <= 1.0 or not 0.0 <= config.kappa_end <= 1.0:
-        raise ValueError(f"kappa must lie in [0, 1], got start {config.kappa_start}, end {config.kappa_end}")
     if config.meta_loss_weight not in ("ratio", "one"):
         raise ValueError(f"--meta-loss-weight must be 'ratio' or 'one', got {config.meta_loss_weight!r}")
     if config.pretrain_data not in ("both", "offline", "online"):
@@ -318,12 +343,22 @@ def validate(config: Config) -> None:
         raise ValueError(f"--backbone must be 'td3' or 'spot', got {config.backbone!r}")
     if config.backbone == "td3" and (config.layer_norm or config.actor_init or config.critic_init):
         raise ValueError("--layer-norm, --actor-init and --critic-init apply to the SPOT backbone (--backbone spot)")
-    if config.backbone == "spot" and config.vae_steps < 0:
-        raise ValueError(f"--vae-steps must be >= 0, got {config.vae_steps}")
-    if config.online_gamma != 0.0 and not 0.0 < config.online_gamma < 1.0:
-        raise ValueError(f"--online-gamma must lie in (0, 1), or be 0 to keep --gamma; got {config.online_gamma}")
     if config.antmaze_reward not in ANTMAZE_REWARDS:
         raise ValueError(f"--antmaze-reward must be one of {', '.join(ANTMAZE_REWARDS)}, got {config.antmaze_reward!r}")
+
+
+def _check_range(f: dataclasses.Field, value: Any) -> None:
+    """``value`` (each entry of a tuple field) is a number of the field's type within its ``metadata["range"]``."""
+    option, bounds = f"--{f.name.replace('_', '-')}", f.metadata["range"]
+    entries = value if isinstance(value, tuple) else (value,)
+    whole = int if isinstance(f.default, int) or isinstance(value, tuple) else (int, float)
+    for entry in entries:
+        if isinstance(entry, bool) or not isinstance(entry, whole):
+            kind = "an integer" if whole is int else "a number"
+            raise ValueError(f"{option} must be {kind}, got {value!r}")
+        if entry not in bounds:
+            each = "every entry of " if isinstance(value, tuple) else ""
+            raise ValueError(f"{each}{option} must be {bounds}, got {value!r}")
 
 
 def offline_phase_steps(config: Config) -> int:

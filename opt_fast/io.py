@@ -11,15 +11,23 @@ import torch
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``. A failed
+    write (a full disk, a read-only directory) leaves ``path`` as it was, removes the temporary file and raises an
+    ``OSError`` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,8 +49,15 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    # Checkpoints hold numpy arrays and RNG states next to tensors, so they are not weights-only.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's contents; a file that is not one (cut short, overwritten, empty) raises ``ValueError``
+    naming it."""
+    try:
+        # Checkpoints hold numpy arrays and RNG states next to tensors, so they are not weights-only.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load fails with whatever its unpickler meets: EOFError, RuntimeError...
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -7,8 +7,9 @@ seed batch, resumable from any checkpoint.
     finetune  balanced replay, TD on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one record per evaluation), ``checkpoints/`` (``latest.pt``
-every ``checkpoint_every`` steps and ``<phase>.pt`` at every phase end; ``latest.pt.next`` and, in the first seed's
-directory, ``commit.json`` exist only while a checkpoint is being committed) and, when done, ``summary.json``.
+every ``checkpoint_every`` steps and ``<phase>.pt``, a hard link to it, at every phase end; ``latest.pt.next``,
+``.<phase>.pt.link`` and, in the first seed's directory, ``commit.json`` exist only while a checkpoint is being
+committed) and, when done, ``summary.json``.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import gymnasium
@@ -33,8 +34,8 @@ from tqdm import tqdm
 from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
-from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, kappa,
-                             offline_phase_steps, online_discount)
+from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, config_differences,
+                             kappa, offline_phase_steps, online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
@@ -59,6 +60,38 @@ class Progress:
     episodes: int = 0
     phase_scores: dict[str, float] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class PlainProgress:
+    """The part of tqdm's interface the phases use, printing a plain line to stderr at every tenth of the phase and
+    at its end instead of redrawing a bar (whose ``\\r`` frames would flood a log file)."""
+
+    def __init__(self, desc: str, initial: int, total: int):
+        self.desc, self.n, self.total = desc, initial, total
+        self.postfix = ""
+        self.started, self.start_step = perf_counter(), initial
+        self.next_line = self._next_tenth(initial)
+
+    def _next_tenth(self, step: int) -> int:
+        tenth = max(1, self.total // 10)
+        return min((step // tenth + 1) * tenth, self.total)
+
+    def update(self, steps: int = 1) -> None:
+        self.n += steps
+        if self.n >= self.next_line:
+            rate = (self.n - self.start_step) / max(perf_counter() - self.started, 1e-9)
+            print(f"{self.desc}: {self.n}/{self.total} steps ({100 * self.n // max(self.total, 1)}%), "
+                  f"{rate:.1f} steps/s{self.postfix}", file=sys.stderr, flush=True)
+            self.next_line = self._next_tenth(self.n) if self.n < self.total else self.total + 1
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = "".join(f", {key} {value}" for key, value in values.items())
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 class SeedRun:
@@ -133,7 +166,7 @@ class Trainer:
                   "gymnasium-robotics' (see opt_fast.antmaze): the online env does not match it; use Minari's "
                   "D4RL/antmaze data or `opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
-        self.device = torch.device(config.device)
+        self.device = checked_device(config.device)
         runtime.configure()
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
@@ -155,6 +188,7 @@ class Trainer:
         self.runs = [SeedRun(c, d, offline, obs_dim, act_dim) for c, d in zip(configs, run_dirs)]
         # Evaluation: one gymnasium env per seed, or every seed's episodes in one MJX batch.
         self.eval_envs = make_eval_envs(env_name, configs)
+        self._clock: float | None = None  # perf_counter() at the last count of phase time (_count_time)
 
     @property
     def progress(self) -> Progress:
@@ -185,14 +219,23 @@ class Trainer:
             raise ValueError(f"unknown phase {stop!r}; phases: {', '.join(PHASES)}")
         phases = {"offline": self._offline, "collect": self._collect, "pretrain": self._pretrain,
                   "finetune": self._finetune}
+        self._clock = perf_counter()
         while PHASES.index(self.progress.phase) < PHASES.index(stop):
             phase = self.progress.phase
-            started = time.perf_counter()
             phases[phase]()
-            elapsed = time.perf_counter() - started
-            for run in self.runs:
-                run.progress.phase_seconds[phase] = run.progress.phase_seconds.get(phase, 0.0) + elapsed
             self._end_phase(phase)
+
+    def _count_time(self) -> None:
+        """Add the wall time since the last count to the current phase's ``phase_seconds``. Every checkpoint counts
+        first, so a resumed run keeps the time its earlier processes spent in a phase (all but the time since their
+        last checkpoint, whose work the resumed run does, and counts, again)."""
+        if self._clock is None or self.progress.phase == "done":
+            return  # no phase running (a cache being taken over, or the last phase has ended)
+        now = perf_counter()
+        for run in self.runs:
+            phase = run.progress.phase
+            run.progress.phase_seconds[phase] = run.progress.phase_seconds.get(phase, 0.0) + now - self._clock
+        self._clock = now
 
     def _next_phase(self, phase: str) -> str:
         if not self.config.opt and phase == "offline":
@@ -201,7 +244,9 @@ class Trainer:
 
     def _end_phase(self, phase: str) -> None:
         next_phase = self._next_phase(phase)
-        for run, record in zip(self.runs, self._evaluate(phase)):
+        records = self._evaluate(phase)
+        self._count_time()  # the phase's time includes its final evaluation
+        for run, record in zip(self.runs, records):
             run.progress.phase_scores[phase] = record["score"]
             run.progress.phase = next_phase
         if next_phase == "finetune":
@@ -320,7 +365,7 @@ class Trainer:
             return antmaze.transform_reward(self.config.antmaze_reward, reward)
         return reward
 
-    def _periodic(self, step: int, bar: tqdm) -> None:
+    def _periodic(self, step: int, bar: tqdm | PlainProgress) -> None:
         if step % self.config.eval_every == 0:
             scores = [record["score"] for record in self._evaluate(self.progress.phase)]
             bar.set_postfix(score=f"{np.mean(scores):.1f}")
@@ -357,11 +402,15 @@ class Trainer:
             records.append(record)
         return records
 
-    def _bar(self, phase: str, initial: int, total: int) -> tqdm:
+    def _bar(self, phase: str, initial: int, total: int) -> tqdm | PlainProgress:
+        """A progress bar on a terminal; elsewhere (a log file) a plain line every tenth of the phase."""
         disable = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"
         seeds = f" x{len(self.runs)} seeds" if len(self.runs) > 1 else ""
-        return tqdm(total=total, initial=initial, desc=f"{self.dataset_label()}{seeds} {phase}", unit="step",
-                    dynamic_ncols=True, disable=disable, leave=True)
+        desc = f"{self.dataset_label()}{seeds} {phase}"
+        if not disable and not sys.stderr.isatty():
+            return PlainProgress(desc, initial, total)
+        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=disable,
+                    leave=True)
 
     def dataset_label(self) -> str:
         if self.dataset.name is not None:
@@ -378,6 +427,7 @@ class Trainer:
             "variant": self.config.backbone.upper() + ("+OPT" if self.config.opt else ""),
             "reference_scores": list(self.ref_scores),
             "dataset_path": str(self.dataset.path),
+            "data_digest": self.dataset.content_digest,
             "dataset_metadata": {key: value for key, value in self.dataset.metadata.items()
                                  if isinstance(value, (str, int, float, bool))},
             "env_packages": env_package_versions(self.family),
@@ -412,20 +462,17 @@ class Trainer:
 
     def save_checkpoint(self, phase_end: str | None = None) -> None:
         """Every seed's ``latest.pt`` (and ``<phase_end>.pt``), committed together: each seed's new file is written
-        first, and only when all are written are they renamed into place (a marker records that the renames are
-        due, so an interruption between them is completed on resume)."""
+        first, and only when all are written is the commit marker written, which lists what is due: the renames
+        into place and the phase links. An interruption before the marker leaves the old state, one after it the
+        new state (the resume completes what the marker lists)."""
+        self._count_time()
         states = self._seed_states()
-        pending = [run.checkpoint_dir / "latest.pt.next" for run in self.runs]
-        for path, state in zip(pending, states):
-            save_torch(path, state)
+        for run, state in zip(self.runs, states):
+            save_torch(run.checkpoint_dir / "latest.pt.next", state)
         marker = self._commit_marker()
-        write_json(marker, [str(path) for path in pending])
+        write_json(marker, {"checkpoint_dirs": [str(run.checkpoint_dir) for run in self.runs],
+                            "phase_end": phase_end})
         _finish_commit(marker)
-        if phase_end is not None:
-            for run in self.runs:
-                boundary = run.checkpoint_dir / f"{phase_end}.pt"
-                boundary.unlink(missing_ok=True)
-                os.link(run.checkpoint_dir / "latest.pt", boundary)
 
     def _commit_marker(self) -> Path:
         return self.runs[0].checkpoint_dir / "commit.json"
@@ -442,18 +489,21 @@ class Trainer:
         torch.set_rng_state(states[0]["rng"]["torch"])
 
     def resume(self) -> None:
-        """Continue from every seed's ``checkpoints/latest.pt``; metrics written after it are dropped and redone."""
+        """Continue from every seed's ``checkpoints/latest.pt`` (or, where one is unreadable, from the last phase
+        checkpoint every seed has intact, saying so); metrics written after it are dropped and redone."""
         marker = self._commit_marker()
         if marker.exists():
             _finish_commit(marker)
-        states = []
         for run in self.runs:
-            latest = run.checkpoint_dir / "latest.pt"
             (run.checkpoint_dir / "latest.pt.next").unlink(missing_ok=True)  # a commit that never started
-            state = load_torch(latest)
+            # Temporary files of writes a kill interrupted: a run directory has one writer, so none is in use.
+            for leftover in [*run.run_dir.glob(".*.tmp"), *run.checkpoint_dir.glob(".*.tmp")]:
+                leftover.unlink()
+        source, states = self._intact_checkpoints()
+        for run, state in zip(self.runs, states):
             if Config.from_json(state["config"]).to_json() != run.config.to_json():
-                raise ValueError(f"{latest} was written with another configuration than {run.run_dir / 'config.json'}")
-            states.append(state)
+                raise ValueError(f"{run.checkpoint_dir / source} was written with another configuration than "
+                                 f"{run.run_dir / 'config.json'}")
         steps = {tuple(state["progress"][k] for k in ("phase", "offline_step", "online_step", "pretrain_step"))
                  for state in states}
         if len(steps) > 1:
@@ -462,17 +512,43 @@ class Trainer:
         self.load_states(states)
         for run in self.runs:
             truncate_jsonl(run.metrics_path, run.progress.n_metrics)
+        p = self.progress
+        dirs = ", ".join(str(run.run_dir) for run in self.runs)
+        print(f"resuming {dirs} from checkpoints/{source}: phase {p.phase}, offline step {p.offline_step}, "
+              f"online step {p.online_step}, pre-training step {p.pretrain_step}", file=sys.stderr)
+
+    def _intact_checkpoints(self) -> tuple[str, list[dict[str, Any]]]:
+        """(file name, every seed's state) of ``latest.pt``, else of the latest ``<phase>.pt`` all seeds can read."""
+        try:
+            return "latest.pt", [load_torch(run.checkpoint_dir / "latest.pt") for run in self.runs]
+        except ValueError as err:  # unreadable (cut short, overwritten, empty): load_torch names the file
+            unreadable = err
+        for phase in reversed(PHASES[:-1]):
+            paths = [run.checkpoint_dir / f"{phase}.pt" for run in self.runs]
+            if not all(path.exists() for path in paths):
+                continue
+            try:
+                states = [load_torch(path) for path in paths]
+            except ValueError:
+                continue
+            print(f"warning: {unreadable}; resuming from {phase}.pt instead, the end of the {phase} phase",
+                  file=sys.stderr)
+            return f"{phase}.pt", states
+        raise ValueError(f"{unreadable}, and no phase checkpoint is intact to resume from; remove "
+                         f"{self.runs[0].run_dir} to start the run again") from None
 
     # ------------------------------------------------------------------------------------------ offline cache
     def _cache_path(self, run: SeedRun, phase: str, step: int | None = None) -> Path | None:
         """Where the state of ``run`` at the end of the offline phase, or at ``step`` of the collection or of the
-        pre-training, is cached, keyed by the settings that state depends on."""
+        pre-training, is cached: keyed by the config fields that determine it and by the content of the data it
+        trains on."""
         if self.cache_dir is None:
             return None
+        data = self.dataset.content_digest[:12]
         if phase == "offline":
-            return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}.pt"
+            return self.cache_dir / f"offline-{run.config.digest(OFFLINE_FIELDS)}-{data}.pt"
         fields = {"collect": COLLECT_FIELDS, "pretrain": PRETRAIN_FIELDS}[phase]
-        return self.cache_dir / f"{phase}-{run.config.digest(fields)}-{step}.pt"
+        return self.cache_dir / f"{phase}-{run.config.digest(fields)}-{data}-{step}.pt"
 
     def _cached(self, phase: str, step: int | None = None) -> list[dict[str, Any]] | None:
         """Every seed's cached state (see :meth:`_cache_path`), or None unless all have one."""
@@ -582,6 +658,24 @@ class Trainer:
         return True
 
 
+def checked_device(name: str) -> torch.device:
+    """``--device`` as a torch device, refused with a message when this machine has no such device."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; expected cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: opt-fast runs on cpu or cuda devices")
+    return device
+
+
 def check_seed_batch(configs: Sequence[Config]) -> None:
     """Seeds trained as a batch must differ only in the seed, name the batch's seeds in ``seed_batch``, and a run of
     its own has none."""
@@ -602,12 +696,21 @@ def check_seed_batch(configs: Sequence[Config]) -> None:
 
 
 def _finish_commit(marker: Path) -> None:
-    """Rename the pending checkpoints a commit marker lists into place (those already renamed are skipped), then
-    drop the marker."""
-    for pending in read_json(marker):
-        pending = Path(pending)
+    """Do what a commit marker lists, then drop it: rename each directory's ``latest.pt.next`` over ``latest.pt``
+    (one already renamed is skipped) and, at a phase end, make ``<phase>.pt`` a link to it. Every step can be
+    redone, so a commit interrupted anywhere is completed by running this again."""
+    commit = read_json(marker)
+    for checkpoint_dir in map(Path, commit["checkpoint_dirs"]):
+        latest = checkpoint_dir / "latest.pt"
+        pending = checkpoint_dir / "latest.pt.next"
         if pending.exists():
-            os.replace(pending, pending.with_name("latest.pt"))
+            os.replace(pending, latest)
+        if commit["phase_end"] is not None:
+            # Linked under a temporary name and renamed over the old link: <phase>.pt is never missing.
+            link = checkpoint_dir / f".{commit['phase_end']}.pt.link"
+            link.unlink(missing_ok=True)
+            os.link(latest, link)
+            os.replace(link, checkpoint_dir / f"{commit['phase_end']}.pt")
     marker.unlink()
 
 
@@ -765,8 +868,11 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
                 raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
                                       "another --out")
             if stored.to_json() != config.to_json():
-                raise ValueError(f"--resume: {config_path} differs from the requested configuration")
+                raise ValueError(f"--resume: {config_path} differs from the requested configuration in "
+                                 + "; ".join(config_differences(stored.to_json(), config.to_json())))
         started.append((run_dir / "checkpoints" / "latest.pt").exists())
+        if resume and config_path.exists() and not started[-1]:
+            print(f"--resume: {run_dir} has no checkpoint yet; starting it from the beginning", file=sys.stderr)
     trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots, pretrain_snapshots)
     if resume and any(started):
         if not all(started):
@@ -775,7 +881,10 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
         trainer.resume()
     else:
         for config, run_dir in zip(configs, run_dirs):
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot create the run directory {run_dir}: {err.strerror}") from None
             write_json(run_dir / "config.json", config.to_json())
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         trainer.try_offline_cache()

@@ -98,8 +98,9 @@ class Run:
 
 
 def source_label(data_source: str, budget: str) -> str:
-    """``generated data, reduced budget (quick)``, ``D4RL data, paper budget``..."""
-    data = {"d4rl": "D4RL data", "generated": "generated data"}.get(data_source, f"{data_source} data")
+    """``generated data, reduced budget (quick)``, ``D4RL data, paper budget``, ``user file x.hdf5, ...``: only
+    D4RL's own files (``opt_fast.data.d4rl.data_source``) are called D4RL data."""
+    data = {"d4rl": "D4RL data", "generated": "generated data", "minari": "Minari data"}.get(data_source, data_source)
     return f"{data}, {'paper budget' if budget == 'paper' else f'reduced budget ({budget})'}"
 
 

@@ -1,15 +1,17 @@
 """Run many configurations -- a sweep file's datasets x seeds x variants, or an ablation grid -- on a local process
 pool or a Ray cluster, doing every shared phase once.
 
-Tasks are idempotent. A run lives in the directory named by its config hash (``opt_fast.cli.run_dir_for``); a task
+Tasks are idempotent. A run lives in the directory named by its config hash and the content digest of its data
+(``opt_fast.cli.run_dir_for``); a task
 returns a finished run's ``summary.json`` untouched, resumes an interrupted run from its last checkpoint, and holds
 a file lock on the run directory while it works, so a run is never done twice at once. A task whose worker was lost
 can therefore simply run again: Ray retries it, the local pool re-drives the plan with a new pool.
 
 Reuse. Runs that share their offline phase (``OFFLINE_FIELDS``: dataset, seed, backbone settings) form a group. The
 group's lead -- its OPT run with the largest N_tau -- first runs up to the end of its collection; that stores the
-offline phase (``<dataset>/_offline/offline-<hash>.pt``, keyed by ``OFFLINE_FIELDS``) and the collection's state at
-the N_tau of every other run of the group (``collect-<hash>-<step>.pt``, keyed by ``COLLECT_FIELDS``). Then every
+offline phase (``<dataset>/_offline/offline-<hash>-<data>.pt``, keyed by ``OFFLINE_FIELDS`` and the data's content
+digest) and the collection's state at the N_tau of every other run of the group (``collect-<hash>-<data>-<step>.pt``,
+keyed by ``COLLECT_FIELDS`` and the data). Then every
 run of the group, the lead included, starts from those: N_tau = 5000 takes the first 5000 steps of the 25000-step
 collection of the same seed. (A lead that had finished its collection in an earlier sweep stores nothing new; runs
 with an N_tau it did not store then collect on their own.)
@@ -47,6 +49,9 @@ class SweepError(RuntimeError):
 @dataclass(frozen=True)
 class Task:
     config: Config
+    data_digest: str | None
+    """Content digest of the run's data (``OfflineDataset.content_digest``), which names its run directory; None
+    in a dry run's plan for data not made yet."""
     stop: str = "done"
     """Run the phases before this one (``done``: all of them)."""
     snapshots: tuple[int, ...] = ()
@@ -85,15 +90,21 @@ def load_sweep(path: Path) -> AblationSpec:
     """
     path = Path(path)
     text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-        else:
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{where}: YAML syntax error: {problem}") from None
+    else:
+        try:
             data = json.loads(text)
-    except (ValueError, ImportError) as err:  # yaml.YAMLError and json.JSONDecodeError are ValueErrors
-        raise ValueError(f"{path}: cannot parse: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: JSON syntax error: {err.msg}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with keys {', '.join(_FILE_KEYS)}")
     unknown = sorted(set(data) - set(_FILE_KEYS))
@@ -107,7 +118,7 @@ def load_sweep(path: Path) -> AblationSpec:
         raise ValueError(f"{path}: 'datasets' must be a dataset name or a list of them")
     seeds = data["seeds"]
     if isinstance(seeds, (str, int)) and not isinstance(seeds, bool):
-        seeds = parse_seeds(str(seeds))
+        seeds = parse_seeds(str(seeds), f"{path}: 'seeds'")
     elif not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds):
         raise ValueError(f"{path}: 'seeds' must be a range such as 0-4 or a list of integers")
     variants = data.get("variants", ["opt"])
@@ -129,28 +140,30 @@ def load_sweep(path: Path) -> AblationSpec:
 
 
 # ------------------------------------------------------------------------------------------ planning
-def plan(configs: list[Config]) -> list[Group]:
-    """Group the distinct configs by offline phase; each group's lead is its OPT run with the largest N_tau and
-    stores its collection at the N_tau of every other run of the group with the same collection settings. Within a
-    group, OPT runs that differ only after Q_on's pre-training or in N_pretrain form a nested group whose lead, the
-    run with the largest N_pretrain, pre-trains first and stores its state at every other run's N_pretrain."""
+def plan(configs: list[Config], data_digests: dict[DataKey, str | None]) -> list[Group]:
+    """Group the distinct configs by offline phase (its fields and its data: ``data_digests`` from
+    :func:`ensure_datasets`); each group's lead is its OPT run with the largest N_tau and stores its collection at
+    the N_tau of every other run of the group with the same collection settings. Within a group, OPT runs that
+    differ only after Q_on's pre-training or in N_pretrain form a nested group whose lead, the run with the largest
+    N_pretrain, pre-trains first and stores its state at every other run's N_pretrain."""
     distinct = {config.digest(): config for config in configs}
-    groups: dict[str, list[Config]] = {}
+    groups: dict[tuple[str, str | None], list[Config]] = {}
     for config in distinct.values():
-        groups.setdefault(config.digest(OFFLINE_FIELDS), []).append(config)
+        groups.setdefault((config.digest(OFFLINE_FIELDS), data_digests[data_key(config)]), []).append(config)
     planned = []
-    for members in groups.values():
+    for (_, data_digest), members in groups.items():
         with_opt = [c for c in members if c.opt]
         lead = max(with_opt, key=lambda c: c.n_tau) if with_opt else members[0]
         shared = lead.digest(COLLECT_FIELDS)
         # Every other run's N_tau, the lead's own included (its twins with other pre-training settings branch there).
         steps = sorted({c.n_tau for c in with_opt
                         if c.n_tau > 0 and c is not lead and c.digest(COLLECT_FIELDS) == shared})
-        planned.append(Group(Task(lead, "pretrain", tuple(steps)), tuple(_pretrain_groups(members))))
+        planned.append(Group(Task(lead, data_digest, "pretrain", tuple(steps)),
+                             tuple(_pretrain_groups(members, data_digest))))
     return planned
 
 
-def _pretrain_groups(members: list[Config]) -> list[Task | Group]:
+def _pretrain_groups(members: list[Config], data_digest: str | None) -> list[Task | Group]:
     """The runs of one offline group, those sharing Q_on's pre-training (``PRETRAIN_FIELDS``) nested under the one
     with the largest N_pretrain."""
     families: dict[str, list[Config]] = {}
@@ -160,11 +173,12 @@ def _pretrain_groups(members: list[Config]) -> list[Task | Group]:
     items: list[Task | Group] = []
     for family in families.values():
         if len(family) == 1:
-            items.append(Task(family[0]))
+            items.append(Task(family[0], data_digest))
             continue
         lead = max(family, key=lambda c: c.n_pretrain)
         steps = tuple(sorted({c.n_pretrain for c in family if c is not lead}))
-        items.append(Group(Task(lead, "finetune", pretrain_snapshots=steps), tuple(Task(c) for c in family)))
+        items.append(Group(Task(lead, data_digest, "finetune", pretrain_snapshots=steps),
+                           tuple(Task(c, data_digest) for c in family)))
     return items
 
 
@@ -173,22 +187,29 @@ def describe_plan(groups: list[Group], out: Path) -> str:
     from opt_fast.ablate import describe
     from opt_fast.cli import run_dir_for
 
+    def where(task: Task) -> Path | str:
+        if task.data_digest is None:
+            return "(its directory is named once its data is made, when the sweep runs)"
+        return run_dir_for(out, task.config, task.data_digest)
+
     lines = [f"{sum(len(g.tasks()) for g in groups)} run(s) in {len(groups)} group(s) sharing an offline phase"]
 
     def add(items: tuple[Task | Group, ...], indent: str) -> None:
         for item in items:
             if isinstance(item, Group):
-                steps = ", ".join(map(str, item.prepare.pretrain_snapshots))
-                lines.append(f"{indent}pre-training by {run_dir_for(out, item.prepare.config).name}, stored at "
+                lead = item.prepare
+                steps = ", ".join(map(str, lead.pretrain_snapshots))
+                lines.append(f"{indent}pre-training by {describe(lead.config)}, seed {lead.config.seed}, stored at "
                              f"steps {steps}:")
                 add(item.runs, indent + "  ")
             else:
-                lines.append(f"{indent}{describe(item.config)}, seed {item.config.seed}: {run_dir_for(out, item.config)}")
+                lines.append(f"{indent}{describe(item.config)}, seed {item.config.seed}: {where(item)}")
 
     for group in groups:
         lead = group.prepare
         stored = f"; its collection stored at env steps {', '.join(map(str, lead.snapshots))}" if lead.snapshots else ""
-        lines.append(f"group (offline phase and collection by {run_dir_for(out, lead.config).name}{stored}):")
+        leader = f"{describe(lead.config)}, seed {lead.config.seed}"
+        lines.append(f"group (offline phase and collection by {leader}{stored}):")
         add(group.runs, "  ")
     return "\n".join(lines)
 
@@ -210,21 +231,24 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
 
     ``threads`` > 0 sets PyTorch's threads (the pool gives each of its workers a share of the cores).
     """
-    from opt_fast.cli import load_training_data, phase_cache_dir, run_dir_for
+    from opt_fast.cli import load_training_data, phase_cache_dir
     from opt_fast.pipeline import open_run
 
     if threads > 0 and task.config.torch_threads == 0:
         import torch
 
         torch.set_num_threads(threads)
-    run_dir = run_dir_for(Path(out), task.config)
+    run_dir = _run_dir(Path(out), task)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir / ".lock"):
         if (run_dir / "summary.json").exists():
             return read_json(run_dir / "summary.json")
-        trainer = open_run(task.config, run_dir, load_training_data(task.config), resume=True,
-                           cache_dir=phase_cache_dir(run_dir), collect_snapshots=task.snapshots,
-                           pretrain_snapshots=task.pretrain_snapshots)
+        dataset = load_training_data(task.config)
+        if dataset.content_digest != task.data_digest:
+            raise ValueError(f"{dataset.path} changed since the sweep was planned (its content digest is "
+                             f"{dataset.content_digest[:12]}, planned {task.data_digest[:12]}); run the sweep again")
+        trainer = open_run(task.config, run_dir, dataset, resume=True, cache_dir=phase_cache_dir(run_dir),
+                           collect_snapshots=task.snapshots, pretrain_snapshots=task.pretrain_snapshots)
         if task.stop == "done":
             return trainer.run()[0]
         trainer.run_until(task.stop)
@@ -243,8 +267,6 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
     Exceptions of the ``lost`` types (a dead worker) propagate; any other failure is collected and raised at the end
     as :class:`SweepError`, after the other runs finished.
     """
-    from opt_fast.cli import run_dir_for
-
     pending: dict[Hashable, Group | Task] = {submit(group.prepare): group for group in groups}
     summaries: dict[str, Any] = {}
     failures: list[str] = []
@@ -259,20 +281,27 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
                 raise
             except Exception as err:  # any failure of one run: reported with its run directory at the end
                 unstarted = f" ({len(item.tasks())} run(s) of its group not started)" if isinstance(item, Group) else ""
-                failures.append(f"{run_dir_for(out, task.config)}: {type(err).__name__}: {err}{unstarted}")
+                failures.append(f"{_run_dir(out, task)}: {type(err).__name__}: {err}{unstarted}")
                 continue
             if isinstance(item, Group):
                 for run in item.runs:
                     pending[submit(run.prepare if isinstance(run, Group) else run)] = run
             else:
-                summaries[str(run_dir_for(out, task.config))] = value
-                print(f"[{len(summaries)}/{total}] {run_dir_for(out, task.config)}: final score "
+                summaries[str(_run_dir(out, task))] = value
+                print(f"[{len(summaries)}/{total}] {_run_dir(out, task)}: final score "
                       f"{value.get('final_score')}", file=sys.stderr)
     if failures:
         raise SweepError(f"{len(failures)} task(s) failed (finished runs are kept; rerun to retry):\n  "
                          + "\n  ".join(failures))
-    order = [str(run_dir_for(out, run.config)) for group in groups for run in group.tasks()]
+    order = [str(_run_dir(out, run)) for group in groups for run in group.tasks()]
     return {run_dir: summaries[run_dir] for run_dir in order}
+
+
+def _run_dir(out: Path, task: Task) -> Path:
+    from opt_fast.cli import run_dir_for
+
+    assert task.data_digest is not None, "a sweep that runs has made its data"
+    return run_dir_for(out, task.config, task.data_digest)
 
 
 def run_inline(groups: list[Group], out: Path) -> dict[str, Any]:
@@ -346,16 +375,30 @@ def run_ray(groups: list[Group], out: Path, address: str, retries: int = 3) -> d
         ray.shutdown()
 
 
-def ensure_datasets(configs: list[Config]) -> None:
-    """Load (generating where missing) every dataset once here, before runs on many workers would race to."""
+DataKey = tuple[str, str | None, str, str]
+
+
+def data_key(config: Config) -> DataKey:
+    """What decides a run's data (``opt_fast.cli.load_training_data``): env, dataset path, env version, budget."""
+    return config.env, config.dataset, config.env_version, config.budget
+
+
+def ensure_datasets(configs: list[Config], generate: bool = True) -> dict[DataKey, str | None]:
+    """Load (generating where missing) every dataset once here, before runs on many workers would race to; each
+    one's content digest. Without ``generate`` (a dry run), data not on disk has the digest None."""
     from opt_fast.cli import load_training_data
 
-    seen = set()
+    digests: dict[DataKey, str | None] = {}
     for config in configs:
-        key = (config.env, config.dataset, config.env_version, config.budget)
-        if key not in seen:
-            seen.add(key)
-            load_training_data(config)
+        key = data_key(config)
+        if key not in digests:
+            try:
+                digests[key] = load_training_data(config, generate=generate).content_digest
+            except FileNotFoundError:
+                if generate:
+                    raise
+                digests[key] = None
+    return digests
 
 
 def run_sweep(configs: list[Config], out: Path, workers: int | None = None,
@@ -364,8 +407,7 @@ def run_sweep(configs: list[Config], out: Path, workers: int | None = None,
     returns each run directory's summary. ``workers`` defaults to the number of cores (1: in this process);
     ``ray_address`` sends the runs to a Ray cluster instead."""
     out = Path(out).resolve()  # workers may start elsewhere
-    ensure_datasets(configs)
-    groups = plan(configs)
+    groups = plan(configs, ensure_datasets(configs))
     if ray_address is not None:
         return run_ray(groups, out, ray_address)
     workers = workers or os.cpu_count() or 1

@@ -10,6 +10,7 @@ from test_sweep import TINY, write_tiny_dataset
 from opt_fast import pipeline
 from opt_fast.ablate import AblationSpec, check_overrides, describe, expand, parse_seeds, variant_overrides
 from opt_fast.cli import run_dir_for
+from opt_fast.data.d4rl import load_dataset
 from opt_fast.sweep import run_sweep
 
 
@@ -127,7 +128,7 @@ def test_ablation_shares_the_offline_phase_and_branches_shorter_collections(tmp_
     alone = run_sweep([branched], tmp_path / "alone", workers=1)
     assert counter.offline_phases == 2 and counter.env_steps["collect"] == 60
     [(alone_dir, alone_summary)] = alone.items()
-    branched_dir = run_dir_for((tmp_path / "runs").resolve(), branched)
+    branched_dir = run_dir_for((tmp_path / "runs").resolve(), branched, load_dataset(dataset).content_digest)
     assert (Path(alone_dir) / "metrics.jsonl").read_text() == (branched_dir / "metrics.jsonl").read_text()
     assert summaries[str(branched_dir)]["final_score"] == alone_summary["final_score"]
 
@@ -155,7 +156,7 @@ def test_a_killed_run_resumes_and_a_finished_one_is_never_run_again(tmp_path, da
     assert counter.env_steps["finetune"] == (100 - 75) + (100 - 40)
     alone = run_sweep([victim], tmp_path / "alone", workers=1)
     [(alone_dir, alone_summary)] = alone.items()
-    victim_dir = run_dir_for((tmp_path / "runs").resolve(), victim)
+    victim_dir = run_dir_for((tmp_path / "runs").resolve(), victim, load_dataset(dataset).content_digest)
     assert (victim_dir / "metrics.jsonl").read_text() == (Path(alone_dir) / "metrics.jsonl").read_text()
 
     def never(*args, **kwargs):

@@ -321,7 +321,9 @@ def test_load_dataset_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     dataset = load_dataset("walker2d-medium-replay")
     assert dataset.name == DatasetName("walker2d", "medium-replay", "v2") and dataset.family == "walker2d"
-    assert dataset.source == "d4rl" and dataset.path == tmp_path / "walker2d_medium_replay-v2.hdf5"
+    # D4RL's file name, but not the 302,000 rows of D4RL's walker2d-medium-replay-v2: not taken for D4RL's data.
+    assert dataset.source == "user file walker2d_medium_replay-v2.hdf5"
+    assert dataset.path == tmp_path / "walker2d_medium_replay-v2.hdf5"
     assert len(dataset) == 4 and dataset.obs_dim == 2 and dataset.act_dim == 1
     np.testing.assert_array_equal(dataset.next_observations[:, 0], [1, 2, 3, 5])
     np.testing.assert_array_equal(dataset.terminals, [False, True, False, False])
@@ -339,7 +341,7 @@ def test_load_dataset_by_path_and_generated_source(tmp_path: Path) -> None:
         load_dataset("ant-medium", dataset_path=path)
     unnamed_path = write_h5(tmp_path / "other.hdf5", old_style())
     unnamed = load_dataset(unnamed_path)
-    assert unnamed.name is None and unnamed.family is None and unnamed.source == "d4rl"
+    assert unnamed.name is None and unnamed.family is None and unnamed.source == "user file other.hdf5"
     assert load_dataset("ant-medium", dataset_path=unnamed_path).family == "ant"
 
 
@@ -376,7 +378,7 @@ def test_dataset_info(tmp_path: Path) -> None:
     with h5py.File(path, "a") as file:
         file["metadata/policy/w"] = np.zeros((4, 4))
     info = dataset_info(path)
-    assert info["dataset"] == "hopper-medium-v2" and info["source"] == "d4rl" and info["path"] == str(path)
+    assert info["dataset"] == "hopper-medium-v2" and info["source"] == "user file hopper_medium-v2.hdf5" and info["path"] == str(path)
     assert dataset_info("hopper-medium", dataset_path=tmp_path) == info
     assert (info["rows"], info["transitions"], info["episodes"]) == (7, 5, 3)
     assert (info["terminals"], info["timeouts"], info["obs_dim"], info["act_dim"]) == (1, 1, 2, 1)

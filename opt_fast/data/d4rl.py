@@ -3,20 +3,36 @@
 A file holds rows ``(s_i, a_i, r_i, done_i)`` with episodes laid end to end (``/work/shared/paper/DATA.md``).
 Real D4RL downloads and files written by :mod:`opt_fast.data.generate` share this layout; generated files carry
 ``metadata/generator`` and may name the D4RL dataset they reproduce in ``metadata/dataset``
-(e.g. ``hopper-medium-v2``).
+(e.g. ``hopper-medium-v2``) and the env they were made in in ``metadata/env_id`` (``Hopper-v5``).
+
+Every dataset is labelled by what is known of it (:func:`data_source`): ``generated`` (opt-fast's files),
+``d4rl`` (a file under D4RL's own name with the rows of D4RL's file, :data:`opt_fast.data.names.D4RL_ROWS`), or
+``user file <name>``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from opt_fast.data.names import DatasetName, name_from_filename, parse_dataset_name, resolve_dataset_path
+from opt_fast.data.names import (
+    ADROIT_FAMILIES,
+    ANTMAZE_FAMILY,
+    D4RL_ROWS,
+    MUJOCO_FAMILIES,
+    DatasetName,
+    name_from_filename,
+    parse_dataset_name,
+    resolve_dataset_path,
+)
 from opt_fast.data.scores import normalized_score
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -26,6 +42,17 @@ _ROW_VECTOR_KEYS = ("rewards", "terminals", "timeouts")  # one value per row, st
 _DEFAULT_MAX_EPISODE_STEPS = 1000  # D4RL registers every MuJoCo env with max_episode_steps=1000
 
 PathLike = str | os.PathLike[str]
+
+
+@contextmanager
+def _open_hdf5(path: Path) -> Iterator[h5py.File]:
+    """``h5py.File(path)`` for reading; a file that is not HDF5 or is cut short (h5py's OSError, which does not name
+    the file) raises ``ValueError`` naming it."""
+    try:
+        with h5py.File(path, "r") as file:
+            yield file
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err}); expected a D4RL-layout .hdf5 file") from None
 
 
 def load_hdf5(path: PathLike) -> dict[str, np.ndarray]:
@@ -39,7 +66,7 @@ def load_hdf5(path: PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {path}")
     raw: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as file:
+    with _open_hdf5(path) as file:
         for key in (*REQUIRED_KEYS, *OPTIONAL_KEYS):
             node = file.get(key)
             if node is None:
@@ -100,7 +127,7 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     inside the group (``algorithm``, ``policy/fc0/weight``). Strings are decoded, scalars become Python numbers,
     arrays stay numpy arrays. A file without the group gives ``{}``."""
     path = Path(path)
-    with h5py.File(path, "r") as file:
+    with _open_hdf5(path) as file:
         group = file.get("metadata")
         if group is None:
             return {}
@@ -203,15 +230,28 @@ class OfflineDataset:
     """bool [N], true where the episode ended by termination (time limits are never terminals)"""
     path: Path
     source: str
-    """Where the rows came from: "generated" when the file has ``metadata/generator``, else "d4rl"."""
+    """What the rows are (:func:`data_source`): "generated", "d4rl", "minari" or "user file <name>"."""
     name: DatasetName | None
     """The D4RL dataset, from the name asked for, the D4RL file name or ``metadata/dataset``; None if unknown."""
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str | None:
-        """Task family (hopper, antmaze, door...), None when the dataset is unknown."""
-        return None if self.name is None else self.name.family
+        """Task family (hopper, antmaze, door...): the dataset's, else that of the env the file records it was made
+        in (``metadata/env_id``); None when neither is known."""
+        if self.name is not None:
+            return self.name.family
+        return family_of_env_id(self.metadata.get("env_id"))
+
+    @cached_property
+    def content_digest(self) -> str:
+        """sha256 of the arrays a run trains on (shapes and dtypes included), computed once: what keys the offline
+        cache and the run directories, so that other data under the same name or path is never taken for this."""
+        digest = hashlib.sha256()
+        for array in (self.observations, self.actions, self.next_observations, self.rewards, self.terminals):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).data)
+        return digest.hexdigest()
 
     @property
     def obs_dim(self) -> int:
@@ -228,12 +268,16 @@ class OfflineDataset:
 def _locate(
     name_or_path: str | DatasetName | os.PathLike[str], dataset_path: PathLike | None
 ) -> tuple[Path, DatasetName | None]:
-    """(file, dataset name if one was given): a name resolves through :func:`resolve_dataset_path`; a string
-    ending in .hdf5/.h5 or naming an existing file is a path (only without ``dataset_path``)."""
+    """(file, dataset name if one was given): a name resolves through :func:`resolve_dataset_path`; a path object,
+    or a string ending in .hdf5/.h5 or naming an existing file or directory, is a path (only without
+    ``dataset_path``)."""
     if isinstance(name_or_path, DatasetName):
         return resolve_dataset_path(name_or_path, dataset_path), name_or_path
     candidate = Path(name_or_path)
-    if dataset_path is None and (candidate.suffix in (".hdf5", ".h5") or candidate.is_file()):
+    if dataset_path is None and candidate.is_dir():
+        raise ValueError(f"{candidate} is a directory; expected a D4RL-layout .hdf5 file")
+    if dataset_path is None and (not isinstance(name_or_path, str) or candidate.suffix in (".hdf5", ".h5")
+                                 or candidate.is_file()):
         if not candidate.is_file():
             raise FileNotFoundError(f"no dataset file at {candidate}")
         return candidate, None
@@ -241,13 +285,38 @@ def _locate(
     return resolve_dataset_path(name, dataset_path), name
 
 
+def family_of_env_id(env_id: Any) -> str | None:
+    """The task family of a gymnasium env id (``Hopper-v5``, ``AdroitHandDoor-v1``, ``AntMaze_UMaze-v4``), None for
+    any other value."""
+    if not isinstance(env_id, str):
+        return None
+    base = env_id.split("-")[0].lower().removeprefix("adroithand")
+    if base.startswith(ANTMAZE_FAMILY):
+        return ANTMAZE_FAMILY
+    return base if base in (*MUJOCO_FAMILIES, *ADROIT_FAMILIES) else None
+
+
+def data_source(path: Path, metadata: Mapping[str, Any], rows: int) -> str:
+    """What a file's rows are: ``generated`` (opt-fast wrote it: ``metadata/generator``), ``d4rl`` (D4RL's own
+    file name and as many rows as D4RL's file has), else ``user file <name>``: only D4RL's data is put beside the
+    paper's numbers."""
+    if "generator" in metadata:
+        return "generated"
+    own = name_from_filename(path)
+    if own is not None and own.d4rl_id in D4RL_ROWS:
+        fewest, most = D4RL_ROWS[own.d4rl_id]
+        if fewest <= rows <= most:
+            return "d4rl"
+    return f"user file {path.name}"
+
+
 def _identify(
-    path: Path, metadata: Mapping[str, Any], asked: DatasetName | None
+    path: Path, metadata: Mapping[str, Any], asked: DatasetName | None, rows: int
 ) -> tuple[str, DatasetName | None]:
-    """(source, dataset name) of a file. The name is the one asked for, else the file's own: its D4RL file name
-    or a parseable ``metadata/dataset``. Asking for another family than the file's own raises ``ValueError``
-    (its scores and env would be wrong)."""
-    source = "generated" if "generator" in metadata else "d4rl"
+    """(source, dataset name) of a file of ``rows`` rows. The name is the one asked for, else the file's own: its
+    D4RL file name or a parseable ``metadata/dataset``. Asking for another family than the file's own raises
+    ``ValueError`` (its scores and env would be wrong)."""
+    source = data_source(path, metadata, rows)
     own = name_from_filename(path)
     if own is None and isinstance(metadata.get("dataset"), str):
         try:
@@ -268,9 +337,14 @@ def load_dataset(
     file path, as d4rl ``qlearning_dataset`` transitions; ``max_episode_steps`` only matters for files without
     ``timeouts``."""
     path, asked = _locate(name_or_path, dataset_path)
+    raw = load_hdf5(path)
     metadata = read_metadata(path)
-    source, name = _identify(path, metadata, asked)
-    transitions = qlearning_dataset(load_hdf5(path), max_episode_steps=max_episode_steps)
+    source, name = _identify(path, metadata, asked, len(raw["observations"]))
+    transitions = qlearning_dataset(raw, max_episode_steps=max_episode_steps)
+    if len(transitions["rewards"]) == 0:
+        raise ValueError(
+            f"{path}: no transitions to train on (rows: {len(raw['observations'])}): a transition needs a next row, "
+            f"and rows that end an episode by time limit ('timeouts') are dropped as d4rl's qlearning_dataset does")
     return OfflineDataset(**transitions, path=path, source=source, name=name, metadata=metadata)
 
 
@@ -328,8 +402,8 @@ def dataset_info(
     path, asked = _locate(name_or_path, dataset_path)
     raw = load_hdf5(path)
     metadata = read_metadata(path)
-    source, name = _identify(path, metadata, asked)
     n = len(raw["observations"])
+    source, name = _identify(path, metadata, asked, n)
     starts = _episode_bounds(raw, max_episode_steps)
     has_rows = len(starts) > 0
     returns = np.add.reduceat(raw["rewards"].astype(np.float64), starts) if has_rows else np.zeros(0)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from opt_fast.data.d4rl import OfflineDataset
-from opt_fast.data.names import parse_minari_id
+from opt_fast.data.names import MINARI_PREFIX, parse_minari_id
 from opt_fast.data.scores import reference_scores
 
 
@@ -75,18 +76,24 @@ def _check_finite(array: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} has NaN or inf values, first at step {int(bad[0])} ({len(bad)} steps)")
 
 
-def load_minari(dataset_id: str) -> OfflineDataset:
-    """Every transition of a local Minari dataset (see the module docstring); bad data raises ``ValueError``
-    naming the dataset, the episode and what was expected."""
+def _episodes(dataset_id: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each episode of a local Minari dataset as checked (observations incl. the final one, actions, rewards,
+    terminations) arrays; bad data raises ``ValueError`` naming the dataset, the episode and what was expected, an
+    unreadable ``main_data.hdf5`` (cut short, not HDF5) one naming the file."""
     import minari
 
-    name = parse_minari_id(dataset_id)
-    metadata = read_minari_metadata(name.dataset_id)
-    dataset = minari.load_dataset(name.dataset_id, download=False)
-    columns: dict[str, list[np.ndarray]] = {key: [] for key in
-                                            ("observations", "actions", "rewards", "next_observations", "terminals")}
-    for episode in dataset.iterate_episodes():
-        where = f"Minari dataset {name.dataset_id}, episode {episode.id}"
+    data_file = datasets_root() / dataset_id / "data" / "main_data.hdf5"
+    try:
+        dataset = minari.load_dataset(dataset_id, download=False)
+        episodes = list(dataset.iterate_episodes())
+    except OSError as err:
+        raise ValueError(f"{data_file}: not a readable HDF5 file ({err}); expected a Minari dataset's "
+                         "main_data.hdf5") from None
+    if not episodes:
+        raise ValueError(f"Minari dataset {dataset_id} holds no episodes")
+    first_dims: tuple[int, int] | None = None
+    for episode in episodes:
+        where = f"Minari dataset {dataset_id}, episode {episode.id}"
         observations = _flat(episode.observations, where).astype(np.float32)
         actions = np.asarray(episode.actions, dtype=np.float32)
         steps = len(episode.rewards)
@@ -97,21 +104,30 @@ def load_minari(dataset_id: str) -> OfflineDataset:
             raise ValueError(f"{where}: {steps} rewards need {steps + 1} observations (the final one included), "
                              f"{steps} actions and {steps} terminations; got {len(observations)}, {len(actions)} "
                              f"and {len(episode.terminations)}")
-        if columns["rewards"] and (observations.shape[1] != columns["observations"][0].shape[1]
-                                   or actions.shape[1] != columns["actions"][0].shape[1]):
-            raise ValueError(f"{where}: observation/action sizes {observations.shape[1]}/{actions.shape[1]} differ "
-                             f"from the first episode's {columns['observations'][0].shape[1]}/"
-                             f"{columns['actions'][0].shape[1]}")
+        dims = (observations.shape[1], actions.shape[1])
+        first_dims = first_dims or dims
+        if dims != first_dims:
+            raise ValueError(f"{where}: observation/action sizes {dims[0]}/{dims[1]} differ from the first episode's "
+                             f"{first_dims[0]}/{first_dims[1]}")
         rewards = np.asarray(episode.rewards, dtype=np.float32)
         for key, array in (("observations", observations), ("actions", actions), ("rewards", rewards)):
             _check_finite(array, f"{where}: {key}")
+        yield observations, actions, rewards, np.asarray(episode.terminations, dtype=bool)
+
+
+def load_minari(dataset_id: str) -> OfflineDataset:
+    """Every transition of a local Minari dataset (see the module docstring); bad data raises ``ValueError``
+    naming the dataset, the episode and what was expected."""
+    name = parse_minari_id(dataset_id)
+    metadata = read_minari_metadata(name.dataset_id)
+    columns: dict[str, list[np.ndarray]] = {key: [] for key in
+                                            ("observations", "actions", "rewards", "next_observations", "terminals")}
+    for observations, actions, rewards, terminations in _episodes(name.dataset_id):
         columns["observations"].append(observations[:-1])
         columns["next_observations"].append(observations[1:])
         columns["actions"].append(actions)
         columns["rewards"].append(rewards)
-        columns["terminals"].append(np.asarray(episode.terminations, dtype=bool))
-    if not columns["rewards"]:
-        raise ValueError(f"Minari dataset {name.dataset_id} holds no episodes")
+        columns["terminals"].append(terminations)
     arrays = {key: np.concatenate(parts) for key, parts in columns.items()}
 
     if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
@@ -125,3 +141,35 @@ def load_minari(dataset_id: str) -> OfflineDataset:
                 "ref_min_score": ref_min, "ref_max_score": ref_max, "ref_source": ref_source}
     return OfflineDataset(**arrays, path=datasets_root() / name.dataset_id, source="minari", name=None,
                           metadata=recorded)
+
+
+def minari_info(dataset_id: str) -> dict[str, Any]:
+    """Summary of a local Minari dataset for ``opt-fast data info minari:<id>``: plain Python values."""
+    name = parse_minari_id(dataset_id)
+    metadata = read_minari_metadata(name.dataset_id)
+    lengths, returns, terminals = [], [], 0
+    dims = (0, 0)
+    for observations, actions, rewards, terminations in _episodes(name.dataset_id):
+        lengths.append(len(rewards))
+        returns.append(float(rewards.astype(np.float64).sum()))
+        terminals += int(terminations.sum())
+        dims = (observations.shape[1], actions.shape[1])
+
+    def stats(values: list[float]) -> dict[str, float]:
+        array = np.asarray(values, dtype=np.float64)
+        return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
+                "max": float(array.max())}
+
+    return {
+        "path": str(datasets_root() / name.dataset_id),
+        "source": "minari",
+        "dataset": MINARI_PREFIX + name.dataset_id,
+        "transitions": sum(lengths),
+        "episodes": len(lengths),
+        "terminals": terminals,
+        "obs_dim": dims[0],
+        "act_dim": dims[1],
+        "episode_length": stats(lengths),
+        "episode_return": stats(returns),
+        "metadata": {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool))},
+    }

@@ -67,6 +67,34 @@ def _d4rl_files() -> dict[str, str]:
 D4RL_FILES: dict[str, str] = _d4rl_files()
 """Supported D4RL ids (``hopper-medium-v2``) -> file names in ``$D4RL_DATASET_DIR``."""
 
+
+def _d4rl_rows() -> dict[str, tuple[int, int]]:
+    """D4RL id -> (fewest, most) rows its published file has: the sizes of D4RL's recipe
+    (``/work/shared/paper/DATA.md``) and of the files as Minari's D4RL conversions list them. Random, medium and
+    expert (MuJoCo v2) and AntMaze v2 are 1M steps; medium-replay is the SAC run's replay buffer up to medium;
+    medium-expert is medium cut at its last episode end (under 1000 rows lost) plus expert; Adroit v1 human is 25
+    replayed demonstrations and expert 5000 episodes of 200 steps. Ids not listed (v0/v1 MuJoCo files, full-replay,
+    ant medium-replay, Adroit cloned and pen expert) have no checked size, so a file under their names is never
+    taken for D4RL's."""
+    rows: dict[str, tuple[int, int]] = {}
+    for family in MUJOCO_FAMILIES:
+        for kind in ("random", "medium", "expert"):
+            rows[f"{family}-{kind}-v2"] = (1_000_000, 1_000_000)
+        rows[f"{family}-medium-expert-v2"] = (1_999_001, 2_000_000)
+    for family, replay in (("hopper", 402_000), ("halfcheetah", 202_000), ("walker2d", 302_000)):
+        rows[f"{family}-medium-replay-v2"] = (replay, replay)
+    for kind in _ANTMAZE_STEMS:
+        rows[f"{ANTMAZE_FAMILY}-{kind}-v2"] = (1_000_000, 1_000_000)
+    for family, demos in (("pen", 5_000), ("door", 6_729), ("hammer", 11_310), ("relocate", 9_942)):
+        rows[f"{family}-human-v1"] = (demos, demos)
+    for family in ("door", "hammer", "relocate"):
+        rows[f"{family}-expert-v1"] = (1_000_000, 1_000_000)
+    return rows
+
+
+D4RL_ROWS: dict[str, tuple[int, int]] = _d4rl_rows()
+"""D4RL ids -> the (fewest, most) rows of D4RL's own file: a file under a D4RL name is D4RL's data only with these."""
+
 _ID_BY_FILE = {filename: d4rl_id for d4rl_id, filename in D4RL_FILES.items()}
 _NAME_RE = re.compile(r"^(?P<family>[a-z0-9]+)-(?P<kind>[a-z-]+?)(?:-(?P<version>v\d+))?$")
 
