@@ -94,7 +94,7 @@ class VecEnv(abc.ABC):
         """Copies of the [B, nq] positions and [B, nv] velocities (float64 for gymnasium, the simulation's
         precision for MJX)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a no-op by default: only some batches hold resources
         """Releases the envs."""
 
     def _check_batch(self, name: str, value: torch.Tensor, width: int) -> None:

@@ -370,7 +370,8 @@ def bad_cases() -> list[tuple[str, Callable[[ReplayBuffer], object], type[Except
         ("low max", lambda b: b.load_state_dict(native_state(b, max_priority=0.5)), ValueError, "max_priority must be"),
         ("priority > max", lambda b: b.load_state_dict(native_state(b, priority=np.full(10, 2.0))), ValueError, "exceeds max_priority"),
         ("state rows", lambda b: b.load_state_dict(native_state(b, reward=np.zeros(9))), ValueError, r"reward must have shape \(10,\)"),
-        ("native float64", lambda b: native(b).add_batch(**batch(obs=np.zeros((5, 3))), priority=None), TypeError, "obs must have dtype float32"),
+        ("native float64", lambda b: native(b).add_batch(**batch(obs=np.zeros((5, 3))), priority=None), TypeError,
+         "obs must have dtype float32"),
         ("native list", lambda b: native(b).update_priorities([0], np.ones(1)), TypeError, "indices must be a numpy array"),
         (
             "native strided",

@@ -66,7 +66,8 @@ def test_actor_loss_normalises_q_and_adds_the_density_penalty():
     q = torch.tensor([1.0, -3.0], requires_grad=True)
     nelbo = torch.tensor([0.5, 1.5])
     loss = spot_actor_loss(q, nelbo, 2.0)
-    assert loss.item() == pytest.approx(-(-1.0) / 2.0 + 2.0 * 1.0)
+    # -mean(q) / mean|q| + lambda * mean(nelbo) = 1 / 2 + 2 * 1
+    assert loss.item() == pytest.approx(1.0 / 2.0 + 2.0 * 1.0)
     loss.backward()
     # The scale 1 / mean|Q| carries no gradient: d/dq_i of -mean(q) / 2 is -1/4.
     torch.testing.assert_close(q.grad, torch.tensor([-0.25, -0.25]))
