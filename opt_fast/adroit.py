@@ -23,7 +23,6 @@ raises an error saying how to bring D4RL's or Minari's files.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -33,16 +32,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from opt_fast.data.names import ADROIT_FAMILIES, parse_dataset_name
 from opt_fast.data.scores import normalized_score
+from opt_fast.progress import progress_bar
 
 HORIZONS: dict[str, int] = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}
 """D4RL's episode length per task (gymnasium-robotics registers 200 for all four)."""
 
 DEMOS_FILE = "door_human_demos.npz"
-_NO_PROGRESS = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"  # as the trainer's progress bars
 _DEMO_KEYS = ("actions", "episode_lengths", "init_qpos", "init_qvel", "init_door_body_pos")
 _POLICY_KEYS = ("in_shift", "in_scale", "out_shift", "out_scale", "log_std", "n_layers")
 
@@ -218,8 +216,10 @@ def policy_rollouts(task: str, policy: GaussianMLPPolicy, episodes: int, seed: i
     env = make_env(task)
     rng = np.random.default_rng(seed)
     out = Episodes.empty()
-    for i in tqdm(range(episodes), desc=label, unit="episode", leave=False, disable=_NO_PROGRESS):
-        out.add(run_episode(env, lambda obs, t: policy.sample(obs, rng), HORIZONS[task], {"seed": seed + i}))
+    with progress_bar(label, episodes, unit="episode") as bar:
+        for i in range(episodes):
+            out.add(run_episode(env, lambda obs, t: policy.sample(obs, rng), HORIZONS[task], {"seed": seed + i}))
+            bar.update()
     env.close()
     return out
 

@@ -24,7 +24,6 @@ with N(0, 0.2) action noise, in 1000-step episodes whose rewards are relabelled 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -35,15 +34,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from tqdm import tqdm
 
 from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig
 from opt_fast.agents.td3 import Batch
 from opt_fast.config import ANTMAZE_REWARDS
 from opt_fast.data.names import ANTMAZE_FAMILY, parse_dataset_name
 from opt_fast.io import load_torch, save_torch, write_json
+from opt_fast.progress import progress_bar
 
-_NO_PROGRESS = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"  # as the trainer's progress bars
 GOAL_RADIUS = 0.5
 """D4RL's success radius around the goal (metres)."""
 MAZES: dict[str, str] = {"umaze": "UMaze", "medium": "Medium", "large": "Large"}
@@ -376,8 +374,7 @@ def train_goal_reacher(out_dir: str | Path, seed: int = 0, budget: str | Reacher
         bar.update()
 
     next_checkpoint = (progress["steps"] // sizes.checkpoint_every + 1) * sizes.checkpoint_every
-    with tqdm(total=total, initial=progress["steps"], desc="antmaze goal reacher", unit="step",
-              disable=_NO_PROGRESS) as bar:
+    with progress_bar("antmaze goal reacher", total, progress["steps"]) as bar:
         while progress["steps"] < total:
             episode_return = arena.episode(act, seed * 1_000_003 + progress["episodes"], rng, on_step)
             progress["episodes"] += 1
@@ -438,7 +435,7 @@ def collect(kind: str, policy: Callable[[np.ndarray], np.ndarray], rows: int, se
     columns: dict[str, list] = {key: [] for key in ("observations", "actions", "rewards", "infos/goal",
                                                     "infos/qpos", "infos/qvel")}
     episode = 0
-    with tqdm(total=rows, desc=f"antmaze-{kind}", unit="row", disable=_NO_PROGRESS) as bar:
+    with progress_bar(f"antmaze-{kind}", rows, unit="row") as bar:
         while len(columns["rewards"]) < rows:
             options = {"reset_cell": free_cells[rng.integers(len(free_cells))] if recipe.multistart else start,
                        "goal_cell": free_cells[rng.integers(len(free_cells))] if recipe.multigoal else goal}

@@ -42,6 +42,7 @@ from opt_fast.data.scores import reference_scores
 from opt_fast.evaluation import episode_seed, evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
 from opt_fast.networks import use_critic_backend
+from opt_fast.progress import PlainProgress, progress_bar
 from opt_fast.replay import ReplayBuffer
 
 
@@ -60,38 +61,6 @@ class Progress:
     episodes: int = 0
     phase_scores: dict[str, float] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
-
-
-class PlainProgress:
-    """The part of tqdm's interface the phases use, printing a plain line to stderr at every tenth of the phase and
-    at its end instead of redrawing a bar (whose ``\\r`` frames would flood a log file)."""
-
-    def __init__(self, desc: str, initial: int, total: int):
-        self.desc, self.n, self.total = desc, initial, total
-        self.postfix = ""
-        self.started, self.start_step = perf_counter(), initial
-        self.next_line = self._next_tenth(initial)
-
-    def _next_tenth(self, step: int) -> int:
-        tenth = max(1, self.total // 10)
-        return min((step // tenth + 1) * tenth, self.total)
-
-    def update(self, steps: int = 1) -> None:
-        self.n += steps
-        if self.n >= self.next_line:
-            rate = (self.n - self.start_step) / max(perf_counter() - self.started, 1e-9)
-            print(f"{self.desc}: {self.n}/{self.total} steps ({100 * self.n // max(self.total, 1)}%), "
-                  f"{rate:.1f} steps/s{self.postfix}", file=sys.stderr, flush=True)
-            self.next_line = self._next_tenth(self.n) if self.n < self.total else self.total + 1
-
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = "".join(f", {key} {value}" for key, value in values.items())
-
-    def __enter__(self) -> "PlainProgress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 class SeedRun:
@@ -403,14 +372,8 @@ class Trainer:
         return records
 
     def _bar(self, phase: str, initial: int, total: int) -> tqdm | PlainProgress:
-        """A progress bar on a terminal; elsewhere (a log file) a plain line every tenth of the phase."""
-        disable = os.environ.get("OPT_FAST_PROGRESS", "1") == "0"
         seeds = f" x{len(self.runs)} seeds" if len(self.runs) > 1 else ""
-        desc = f"{self.dataset_label()}{seeds} {phase}"
-        if not disable and not sys.stderr.isatty():
-            return PlainProgress(desc, initial, total)
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=disable,
-                    leave=True)
+        return progress_bar(f"{self.dataset_label()}{seeds} {phase}", total, initial)
 
     def dataset_label(self) -> str:
         if self.dataset.name is not None:

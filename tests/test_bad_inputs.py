@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from opt_fast import cli, io, pipeline
+from opt_fast import cli, pipeline
+from opt_fast import io as run_files
 from test_data_trust import TINY_ARGS
 from test_sweep import write_tiny_dataset
 
@@ -185,7 +186,7 @@ def test_device_cuda_without_cuda(files, capsys):
     assert "--device cuda: CUDA is not available here" in line and "use --device cpu" in line
 
 
-@pytest.mark.parametrize("where,failure", [(io.os, errno.ENOSPC), (io.tempfile, errno.EACCES)],
+@pytest.mark.parametrize("where,failure", [(run_files.os, errno.ENOSPC), (run_files.tempfile, errno.EACCES)],
                          ids=["full disk", "read-only"])
 def test_an_unwritable_out_is_named_and_nothing_half_written_stays(files, capsys, monkeypatch, tmp_path, where,
                                                                    failure):
@@ -193,7 +194,7 @@ def test_an_unwritable_out_is_named_and_nothing_half_written_stays(files, capsys
         raise OSError(failure, os.strerror(failure))
 
     # A full disk fails the write of a file's contents, a read-only directory the creation of the file.
-    monkeypatch.setattr(where, "fsync" if where is io.os else "mkstemp", refuse)
+    monkeypatch.setattr(where, "fsync" if where is run_files.os else "mkstemp", refuse)
     out = tmp_path / "runs"
     line = the_error(capsys, train(files, "--out", str(out)))
     assert "cannot write" in line and str(out) in line and os.strerror(failure) in line

@@ -57,6 +57,7 @@ from opt_fast.data.scores import REF_SCORES, normalized_score
 from opt_fast.envs import env_dims, env_id, make_env
 from opt_fast.evaluation import evaluate
 from opt_fast.io import load_torch, read_json, save_torch, write_json
+from opt_fast.progress import PlainProgress, progress_bar
 
 MEDIUM_FRACTION = 1.0 / 3.0
 """D4RL's medium policy: SAC stopped when it first reaches about 1/3 of the expert's return (REF_MAX)."""
@@ -229,7 +230,7 @@ def _rollout(family: str, env_version: str, policy: Policy, n_rows: int, seed: i
     env = make_env(family, env_version)
     rows = _new_rows(env, n_rows, seed)
     episode = 0
-    with tqdm(total=n_rows, desc=f"{label} rollouts", unit="step", dynamic_ncols=True) as bar:
+    with progress_bar(f"{label} rollouts", n_rows) as bar:
         while not rows.full:
             _run_episode(env, rows, policy, _stream_seed(seed, stream, episode), lambda: bar.update(1))
             episode += 1
@@ -368,7 +369,7 @@ class _SACRun:
             self.medium = self.best
             save_torch(self.work_dir / "medium_policy.pt", _snapshot_state(self.medium))
 
-    def _update(self, bar: tqdm) -> None:
+    def _update(self, bar: tqdm | PlainProgress) -> None:
         if self.step > self.budget.learning_starts:
             self.agent.update(Batch.from_numpy(self.rows.replay.sample(self.agent.config.batch_size), "cpu"))
         bar.update(1)
@@ -387,7 +388,7 @@ class _SACRun:
             return actor.act(obs, False, generator)
 
         label = f"SAC {env_id(self.family, self.env_version)} (medium target {self.target:.0f})"
-        with tqdm(total=self.budget.sac_steps, initial=self.step, desc=label, unit="step", dynamic_ncols=True) as bar:
+        with progress_bar(label, self.budget.sac_steps, self.step) as bar:
             if self.evals:
                 bar.set_postfix(eval_return=f"{self.evals[-1][1]:.1f}")
             while not done():
