@@ -1,5 +1,7 @@
-"""``--compile``: the update steps compile without graph breaks and train like eager mode."""
+"""``--compile``: the update steps compile without graph breaks and train like eager mode (on CUDA, through CUDA
+graphs: ``mode="reduce-overhead"``)."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -28,12 +30,20 @@ def same_random_numbers():
         yield
 
 
-def test_compiled_updates_match_eager(same_random_numbers, capsys):
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_compiled_updates_match_eager(device, same_random_numbers, capsys):
+    from torch._dynamo.utils import counters
+
     torch.manual_seed(0)
-    eager = OPTAgent(5, 2, Config(hidden=(32, 32)))
+    eager = OPTAgent(5, 2, Config(hidden=(32, 32), device=device))
     compiled = copy.deepcopy(eager)
     compiled.compile()
-    data = batches(3 * 6, seed=1)
+    data = [dataclasses.replace(b, **{f.name: getattr(b, f.name).to(device) for f in dataclasses.fields(b)})
+            for b in batches(3 * 6, seed=1)]
+    counters.clear()
     for agent in (eager, compiled):
         torch.manual_seed(1)
         for step in range(6):
@@ -43,6 +53,8 @@ def test_compiled_updates_match_eager(same_random_numbers, capsys):
             off, on, batch = data[3 * step: 3 * step + 3]
             agent.finetune_update(off, on, batch, kappa=0.4, online_progress=step / 6, step=step)
     assert "torch.compile failed" not in capsys.readouterr().err
+    if device == "cuda":  # the compiled updates ran as CUDA graphs: Inductor skipped none of them
+        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
     for name, module in eager.modules().items():
         for (key, a), b in zip(module.state_dict().items(), compiled.modules()[name].state_dict().values()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
