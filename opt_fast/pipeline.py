@@ -522,10 +522,14 @@ class Trainer:
 
     def _store_offline_cache(self) -> None:
         """The offline phase's end state, shared by every run (OPT or baseline) with the same offline config."""
+        self._store_states("offline")
+
+    def _store_states(self, phase: str, step: int | None = None) -> None:
+        """Every seed's whole state and metrics so far, in the cache of ``phase`` (at ``step``) unless there."""
         for run, state in zip(self.runs, self._seed_states()):
-            path = self._cache_path(run, "offline")
+            path = self._cache_path(run, phase, step)
             if path is not None and not path.exists():
-                save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)})
+                save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)[: run.progress.n_metrics]})
 
     def try_offline_cache(self) -> bool:
         """Start from a cached offline phase if every seed has one; returns whether it did."""
@@ -597,10 +601,7 @@ class Trainer:
     def _store_pretrain_snapshot(self) -> None:
         """The whole run's state after ``pretrain_step`` updates of Q_on: a run with that N_pretrain is, at the end
         of its pre-training, exactly here (nothing within the phase evaluates or draws outside its updates)."""
-        for run, state in zip(self.runs, self._seed_states()):
-            path = self._cache_path(run, "pretrain", run.progress.pretrain_step)
-            if path is not None and not path.exists():
-                save_torch(path, {"state": state, "metrics": read_jsonl(run.metrics_path)[: run.progress.n_metrics]})
+        self._store_states("pretrain", self.progress.pretrain_step)
 
     def try_pretrain_cache(self) -> bool:
         """Before pre-training Q_on, take the state of a longer pre-training of the same seeds at this run's
@@ -612,11 +613,8 @@ class Trainer:
         cached = self._cached("pretrain", n_pretrain)
         if cached is None:
             return False
+        # Both hold the same records, up to the end of the collection: pre-training does not evaluate.
         self.load_states([entry["state"] for entry in cached])
-        for run, entry in zip(self.runs, cached):
-            # Both hold the records up to the end of the collection (pre-training does not evaluate).
-            for record in entry["metrics"][len(read_jsonl(run.metrics_path)):]:
-                append_jsonl(run.metrics_path, record)
         self.save_checkpoint()
         return True
 
