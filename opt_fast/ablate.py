@@ -234,7 +234,7 @@ def describe(config: Config) -> str:
 
 
 # Settings that do not change what an experiment measures (where and how fast it ran, free-form notes).
-_BOOKKEEPING = frozenset({"extra", "compile", "torch_threads", "device", "critic_backend"})
+_BOOKKEEPING = frozenset({"extra", "compile", "torch_threads", "log_every", "device", "critic_backend"})
 
 
 def setting_hash(config: Config) -> str:

@@ -78,6 +78,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "summary-<phase>.json; --resume without --until continues the same run to the end")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of the same configuration from its last checkpoint")
+    parser.add_argument("--log", default=None, metavar="SINKS",
+                        help="also send the metrics records (evaluations, and the training records of every "
+                        "--log-every steps) to tensorboard (<run dir>/tensorboard) and/or wandb (offline, <run "
+                        "dir>/wandb), comma-separated; off by default, each needs its package")
     tuning = parser.add_argument_group("every other setting (defaults: the paper's values, OPT.md §4)")
     for f in dataclasses.fields(Config):
         if f.name in _SPECIAL:
@@ -223,10 +227,11 @@ def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adr
     return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)
 
 
-def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | None = None) -> list[dict[str, Any]]:
+def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | None = None,
+          sinks: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Train one run, or several seeds as one batch (configs that differ only in the seed) on ``dataset``, to the
-    end or until phase ``until`` has ended; each seed's summary. With ``resume``, says for each seed what it
-    continues, or why there was nothing to continue."""
+    end or until phase ``until`` has ended, mirroring the metrics to ``sinks``; each seed's summary. With
+    ``resume``, says for each seed what it continues, or why there was nothing to continue."""
     from opt_fast.pipeline import open_seed_batch
 
     run_dirs = [run_dir_for(out, config, dataset.content_digest) for config in configs]
@@ -238,7 +243,7 @@ def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | 
                   + ("".join(f"\n  existing run {line}" for line in others)
                      if others else " (no other run of this dataset, variant, budget and seed either)"),
                   file=sys.stderr)
-    trainer = open_seed_batch(configs, run_dirs, dataset, resume, cache_dir=phase_cache_dir(run_dirs[0]))
+    trainer = open_seed_batch(configs, run_dirs, dataset, resume, cache_dir=phase_cache_dir(run_dirs[0]), sinks=sinks)
     return trainer.run(after=until)
 
 
@@ -265,7 +270,9 @@ def format_table(variants: list[list[dict[str, Any]]]) -> str:
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from opt_fast.ablate import parse_seeds
+    from opt_fast.metrics import parse_sinks
 
+    sinks = parse_sinks(args.log)
     base = Config()
     if args.seeds is not None and "seed" in overrides:
         raise ValueError("give --seed or --seeds, not both")
@@ -279,7 +286,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     variants = [False, True] if args.compare else [overrides.get("opt", True)]
     dataset = load_training_data(configs(variants[0])[0], args.adroit_data, args.allow_env_mismatch)
-    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, dataset, args.until)
+    summaries = {use_opt: train(configs(use_opt), Path(args.out), args.resume, dataset, args.until, sinks)
                  for use_opt in variants}
     # Show the other variant too when earlier runs of it (same settings otherwise) have finished for every seed.
     for use_opt in {True, False} - set(summaries):

@@ -88,6 +88,11 @@ class Config:
     eval_episodes: int = field(default=10, metadata=POSITIVE)
     checkpoint_every: int = field(default=50_000, metadata=POSITIVE)
     """Checkpoint every this many offline gradient steps / online env steps (plus every phase boundary)."""
+    log_every: int = field(default=1_000, metadata=POSITIVE)
+    """Write a training record to metrics.jsonl (the updates' losses and priority statistics averaged since the last
+    one, kappa, SPOT's lambda, env steps/s, updates/s, wall-clock seconds) every this many steps of the phase
+    (gradient steps offline and in pre-training, env steps online) and at every phase end. Bookkeeping: outside the
+    run's hash and the cache keys."""
 
     # --- TD3 / TD3+BC (§3, §4) --------------------------------------------------------------------------
     hidden: tuple[int, ...] = field(default=(256, 256), metadata=POSITIVE)
@@ -177,7 +182,7 @@ class Config:
     def digest(self, fields: tuple[str, ...] | None = None) -> str:
         """A short stable hash of the given fields (all but bookkeeping ones by default)."""
         values = self.to_json()
-        keys = fields if fields is not None else sorted(set(values) - {"extra", "compile", "torch_threads"})
+        keys = fields if fields is not None else sorted(set(values) - {"extra", "compile", "torch_threads", "log_every"})
         if not values["seed_batch"]:  # runs of their own keep the identity they had before seed batches existed
             keys = [k for k in keys if k != "seed_batch"]
         blob = json.dumps({k: values[k] for k in keys}, sort_keys=True)

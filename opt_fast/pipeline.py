@@ -6,7 +6,8 @@ seed batch, resumable from any checkpoint.
     pretrain  meta-adaptation updates of a new critic Q_on        (n_pretrain updates; OPT only)
     finetune  balanced replay, TD on Q_off (and Q_on), kappa-mixed actor, UTD updates per env step
 
-A run directory holds ``config.json``, ``metrics.jsonl`` (one record per evaluation), ``checkpoints/`` (``latest.pt``
+A run directory holds ``config.json``, ``metrics.jsonl`` (evaluation and training records, :mod:`opt_fast.metrics`),
+``checkpoints/`` (``latest.pt``
 every ``checkpoint_every`` steps and ``<phase>.pt``, a hard link to it, at every phase end; ``latest.pt.next``,
 ``.<phase>.pt.link`` and, in the first seed's directory, ``commit.json`` exist only while a checkpoint is being
 committed) and, when done, ``summary.json``.
@@ -35,14 +36,15 @@ from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.td3 import Batch
 from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, config_differences,
-                             kappa, offline_phase_steps, online_discount)
+                             first_update_step, kappa, offline_phase_steps, online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
 from opt_fast.data.scores import reference_scores
 from opt_fast.evaluation import episode_seed, evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
+from opt_fast.metrics import WindowStats, open_sinks, run_step
 from opt_fast.networks import use_critic_backend
-from opt_fast.progress import PlainProgress, progress_bar
+from opt_fast.progress import PlainProgress, format_seconds, progress_bar
 from opt_fast.replay import ReplayBuffer
 
 
@@ -108,7 +110,7 @@ class Trainer:
 
     def __init__(self, configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset,
                  cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
-                 pretrain_snapshots: Collection[int] = ()):
+                 pretrain_snapshots: Collection[int] = (), sinks: Sequence[str] = ()):
         configs = list(configs)
         check_seed_batch(configs)
         if len(run_dirs) != len(configs):
@@ -158,6 +160,13 @@ class Trainer:
         # Evaluation: one gymnasium env per seed, or every seed's episodes in one MJX batch.
         self.eval_envs = make_eval_envs(env_name, configs)
         self._clock: float | None = None  # perf_counter() at the last count of phase time (_count_time)
+        # Training records (opt_fast.metrics): the updates' info since the last one, and where it started
+        # (wall seconds, env steps, updates) for the throughput.
+        self.window_stats = WindowStats(len(self.runs))
+        self._window: tuple[float, int, int] = (0.0, 0, 0)
+        self.sink_names = tuple(sinks)
+        self.sinks: list[list[Any]] = []  # each seed's, opened when the phases start (a resume purges after it)
+        self._postfix: dict[str, str] = {}  # the progress bar's: last score, the whole run's ETA
 
     @property
     def progress(self) -> Progress:
@@ -189,10 +198,34 @@ class Trainer:
         phases = {"offline": self._offline, "collect": self._collect, "pretrain": self._pretrain,
                   "finetune": self._finetune}
         self._clock = perf_counter()
-        while PHASES.index(self.progress.phase) < PHASES.index(stop):
-            phase = self.progress.phase
-            phases[phase]()
-            self._end_phase(phase)
+        self._window = self._counters()
+        if not self.sinks:
+            self.sinks = [open_sinks(self.sink_names, run.run_dir, run.config.to_json(), self._purge_step())
+                          for run in self.runs]
+        try:
+            while PHASES.index(self.progress.phase) < PHASES.index(stop):
+                phase = self.progress.phase
+                phases[phase]()
+                self._end_phase(phase)
+        finally:
+            for sink in (sink for sinks in self.sinks for sink in sinks):
+                sink.close()
+            self.sinks = []
+
+    def _purge_step(self) -> int | None:
+        """Where a resumed run's sinks drop what its killed process wrote after the checkpoint; None when fresh."""
+        p = self.progress
+        return None if p.n_metrics == 0 else run_step(asdict(p)) + 1
+
+    def wall_seconds(self) -> float:
+        """The run's wall-clock seconds so far, summed over every process that ran it."""
+        self._count_time()
+        return sum(self.progress.phase_seconds.values())
+
+    def _counters(self) -> tuple[float, int, int]:
+        """(wall seconds, env steps, updates) so far."""
+        p = self.progress
+        return self.wall_seconds(), p.online_step, p.offline_step + p.pretrain_step + p.update_step
 
     def _count_time(self) -> None:
         """Add the wall time since the last count to the current phase's ``phase_seconds``. Every checkpoint counts
@@ -213,6 +246,7 @@ class Trainer:
 
     def _end_phase(self, phase: str) -> None:
         next_phase = self._next_phase(phase)
+        self._log_training()
         records = self._evaluate(phase)
         self._count_time()  # the phase's time includes its final evaluation
         for run, record in zip(self.runs, records):
@@ -231,7 +265,7 @@ class Trainer:
         with self._bar("offline", p.offline_step, total) as bar:
             while p.offline_step < total:
                 batch = self._sample_uniform("offline")
-                self.agent.backbone.offline_update(batch, p.offline_step)
+                self.window_stats.add(self.agent.backbone.offline_update(batch, p.offline_step))
                 self._advance("offline_step")
                 bar.update()
                 if p.offline_step < total:
@@ -255,14 +289,18 @@ class Trainer:
             while p.pretrain_step < cfg.n_pretrain:
                 off = self._sample_uniform("offline") if cfg.pretrain_data in ("both", "offline") else None
                 on = self._sample_uniform("online") if cfg.pretrain_data in ("both", "online") else None
-                self.agent.pretrain_update(off, on, p.pretrain_step)
+                self.window_stats.add(self.agent.pretrain_update(off, on, p.pretrain_step))
                 self._advance("pretrain_step")
                 bar.update()
                 if p.pretrain_step in self.pretrain_snapshots:
                     self._store_pretrain_snapshot()
-                # The policy is frozen here, so only checkpoints (no evaluations) happen inside the phase.
-                if p.pretrain_step % cfg.checkpoint_every == 0 and p.pretrain_step < cfg.n_pretrain:
-                    self.save_checkpoint()
+                # The policy is frozen here, so only training records and checkpoints (no evaluations) happen
+                # inside the phase.
+                if p.pretrain_step < cfg.n_pretrain:
+                    if p.pretrain_step % cfg.log_every == 0:
+                        self._log_training(bar)
+                    if p.pretrain_step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
 
     def _finetune(self) -> None:
         cfg, p = self.config, self.progress
@@ -284,10 +322,13 @@ class Trainer:
         indices = [run.balanced.sample_prioritized(cfg.batch_size) for run in self.runs]
         batch = Batch.stack([run.balanced.gather(i) for run, i in zip(self.runs, indices)], self.device)
         kappas = [kappa(run.config, p.online_step) for run in self.runs]
-        _, priorities = self.agent.finetune_update(
+        info, priorities = self.agent.finetune_update(
             off, on, batch, kappas, [p.online_step / cfg.online_steps] * len(self.runs), p.update_step
         )
         priorities = priorities.cpu().numpy().astype(np.float64)
+        # The new priorities are the density ratios of the sampled items, normalised (docs/method.md §3.3).
+        self.window_stats.add({**info, "priority_mean": priorities.mean(axis=-1),
+                               "priority_max": priorities.max(axis=-1)})
         for run, run_indices, run_priorities in zip(self.runs, indices, priorities):
             run.balanced.update_priorities(run_indices, run_priorities)
         self._advance("update_step")
@@ -335,11 +376,54 @@ class Trainer:
         return reward
 
     def _periodic(self, step: int, bar: tqdm | PlainProgress) -> None:
+        if step % self.config.log_every == 0:
+            self._log_training(bar)
         if step % self.config.eval_every == 0:
             scores = [record["score"] for record in self._evaluate(self.progress.phase)]
-            bar.set_postfix(score=f"{np.mean(scores):.1f}")
+            self._postfix["score"] = f"{np.mean(scores):.1f}"
+            bar.set_postfix(self._postfix)
         if step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def _append(self, run: SeedRun, record: dict[str, Any], row: int) -> None:
+        """One record in a seed's metrics.jsonl (and its sinks)."""
+        append_jsonl(run.metrics_path, record)
+        run.progress.n_metrics += 1
+        for sink in self.sinks[row] if self.sinks else ():
+            sink.write(record)
+
+    def _log_training(self, bar: tqdm | PlainProgress | None = None) -> None:
+        """Every seed's training record: the mean of each update info since the last one, the schedules' values
+        now, throughput over the window and the wall-clock seconds so far (opt_fast.metrics)."""
+        cfg, p = self.config, self.progress
+        (since, env_from, updates_from), (wall, env_steps, updates) = self._window, self._counters()
+        seconds = max(wall - since, 1e-9)
+        rates = {"env_steps_per_second": (env_steps - env_from) / seconds,
+                 "updates_per_second": (updates - updates_from) / seconds}
+        for row, (run, means) in enumerate(zip(self.runs, self.window_stats.means())):
+            schedules: dict[str, float] = {}
+            if p.phase == "finetune":
+                if cfg.opt:
+                    schedules["kappa"] = kappa(run.config, p.online_step)
+                if cfg.backbone == "spot":  # SPOT's cooled density weight (docs/method.md §3.3)
+                    schedules["spot_lambda"] = cfg.spot_lambda * max(cfg.spot_lambda_end,
+                                                                     1.0 - p.online_step / cfg.online_steps)
+            record = {"phase": p.phase, **{key: getattr(run.progress, key) for key in
+                                           ("offline_step", "online_step", "pretrain_step", "update_step")},
+                      **means, **schedules, **rates, "wall_seconds": wall}
+            self._append(run, record, row)
+        self._window = (wall, env_steps, updates)
+        if bar is not None:
+            self._postfix["run_eta"] = format_seconds(self._run_eta(wall))
+            bar.set_postfix(self._postfix)
+
+    def _run_eta(self, wall: float) -> float:
+        """Seconds the whole run still needs at the pace so far, counting an update and an env step alike."""
+        cfg, p = self.config, self.progress
+        finetune_updates = cfg.utd * max(cfg.online_steps - first_update_step(cfg), 0)
+        total = offline_phase_steps(cfg) + cfg.online_steps + finetune_updates + (cfg.n_pretrain if cfg.opt else 0)
+        done = p.offline_step + p.online_step + p.pretrain_step + p.update_step
+        return wall * max(total - done, 0) / max(done, 1)
 
     def _evaluate(self, phase: str) -> list[dict[str, Any]]:
         """Evaluate every seed's deterministic policy; appends and returns each seed's metrics record."""
@@ -356,7 +440,7 @@ class Trainer:
                        for i, episodes in enumerate(rollouts)]
         ref_min, ref_max = self.ref_scores
         records = []
-        for run, result in zip(self.runs, results):
+        for row, (run, result) in enumerate(zip(self.runs, results)):
             p = run.progress
             record = {
                 "phase": phase, "offline_step": p.offline_step, "online_step": p.online_step,
@@ -365,9 +449,9 @@ class Trainer:
                 # D4RL's normalised score; AntMaze returns are successes (reference 0 and 1): 100 x success rate.
                 "score": 100.0 * (result["return_mean"] - ref_min) / (ref_max - ref_min),
                 **result,
+                "wall_seconds": self.wall_seconds(),
             }
-            append_jsonl(run.metrics_path, record)
-            p.n_metrics += 1
+            self._append(run, record, row)
             records.append(record)
         return records
 
@@ -406,6 +490,7 @@ class Trainer:
             "final_score": p.phase_scores.get("finetune"),
             "phase_scores": p.phase_scores,
             "phase_seconds": p.phase_seconds,
+            "wall_seconds": sum(p.phase_seconds.values()),
             "online_steps": p.online_step,
             "updates": p.update_step,
         }
@@ -421,6 +506,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state},
             "env": None if run.obs is None else self.envs.state_dict(row),
             "obs": run.obs,
+            "window_stats": self.window_stats.seed_state(row),
         } for row, (run, agent_state) in enumerate(zip(self.runs, self.agent.seed_state_dicts()))]
 
     def save_checkpoint(self, phase_end: str | None = None) -> None:
@@ -450,6 +536,7 @@ class Trainer:
             if state["env"] is not None:
                 self.envs.load_state_dict(row, state["env"])
         torch.set_rng_state(states[0]["rng"]["torch"])
+        self.window_stats.load_seed_states([state.get("window_stats") for state in states])
 
     def resume(self) -> None:
         """Continue from every seed's ``checkpoints/latest.pt`` (or, where one is unreadable, from the last phase
@@ -613,7 +700,10 @@ class Trainer:
         cached = self._cached("pretrain", n_pretrain)
         if cached is None:
             return False
-        # Both hold the same records, up to the end of the collection: pre-training does not evaluate.
+        # Both hold the same records up to the end of the collection; append the pre-training's training records.
+        for run, entry in zip(self.runs, cached):
+            for record in entry["metrics"][run.progress.n_metrics:]:
+                append_jsonl(run.metrics_path, record)
         self.load_states([entry["state"] for entry in cached])
         self.save_checkpoint()
         return True
@@ -803,21 +893,22 @@ def code_version() -> str:
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,
              cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
-             pretrain_snapshots: Collection[int] = ()) -> Trainer:
+             pretrain_snapshots: Collection[int] = (), sinks: Sequence[str] = ()) -> Trainer:
     """A trainer for one run of its own in ``run_dir``; see :func:`open_seed_batch`."""
-    return open_seed_batch([config], [run_dir], dataset, resume, cache_dir, collect_snapshots, pretrain_snapshots)
+    return open_seed_batch([config], [run_dir], dataset, resume, cache_dir, collect_snapshots, pretrain_snapshots,
+                           sinks)
 
 
 def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset: OfflineDataset, resume: bool,
                     cache_dir: Path | None = None, collect_snapshots: Collection[int] = (),
-                    pretrain_snapshots: Collection[int] = ()) -> Trainer:
+                    pretrain_snapshots: Collection[int] = (), sinks: Sequence[str] = ()) -> Trainer:
     """A trainer for the seeds ``configs`` (each with its directory in ``run_dirs``): fresh (refusing to overwrite
     another run) or resumed from their last checkpoints.
 
     With a ``cache_dir``, the seeds start from the cached offline phase, the stored collection prefix and the stored
     pre-training prefix that match their configurations, if every seed has one; ``collect_snapshots`` are the env
     steps at which their own collection stores its state, ``pretrain_snapshots`` the pre-training steps at which
-    their own pre-training does.
+    their own pre-training does. ``sinks`` (:data:`opt_fast.metrics.SINKS`) mirror the metrics records.
     """
     run_dirs = [Path(d) for d in run_dirs]
     started = []
@@ -834,7 +925,7 @@ def open_seed_batch(configs: Sequence[Config], run_dirs: Sequence[Path], dataset
         started.append((run_dir / "checkpoints" / "latest.pt").exists())
         if resume and config_path.exists() and not started[-1]:
             print(f"--resume: {run_dir} has no checkpoint yet; starting it from the beginning", file=sys.stderr)
-    trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots, pretrain_snapshots)
+    trainer = Trainer(configs, run_dirs, dataset, cache_dir, collect_snapshots, pretrain_snapshots, sinks)
     if resume and any(started):
         if not all(started):
             raise ValueError(f"--resume: only {[str(d) for d, s in zip(run_dirs, started) if s]} of the seed batch "

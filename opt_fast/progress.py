@@ -1,5 +1,6 @@
 """Progress of long loops on stderr: tqdm's bar on a terminal; elsewhere (a log file, which a bar's ``\\r`` frames
-would flood) a plain line at every tenth of the loop and at its end; nothing with ``OPT_FAST_PROGRESS=0``."""
+would flood) a plain line at every tenth of the loop and at its end; nothing with ``OPT_FAST_PROGRESS=0``. Both show
+the loop's steps/s and ETA; the trainer adds the last score and the whole run's ETA (``run_eta``)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,12 @@ from time import perf_counter
 from typing import Any
 
 from tqdm import tqdm
+
+
+def format_seconds(seconds: float) -> str:
+    """``H:MM:SS``."""
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class PlainProgress:
@@ -27,12 +34,13 @@ class PlainProgress:
         self.n += steps
         if self.n >= self.next_line:
             rate = (self.n - self.start_step) / max(perf_counter() - self.started, 1e-9)
+            eta = f", eta {format_seconds((self.total - self.n) / rate)}" if rate > 0 and self.n < self.total else ""
             print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * self.n // max(self.total, 1)}%), "
-                  f"{rate:.1f} {self.unit}s/s{self.postfix}", file=sys.stderr, flush=True)
+                  f"{rate:.1f} {self.unit}s/s{eta}{self.postfix}", file=sys.stderr, flush=True)
             self.next_line = self._next_tenth(self.n) if self.n < self.total else self.total + 1
 
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = "".join(f", {key} {value}" for key, value in values.items())
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, **values: Any) -> None:
+        self.postfix = "".join(f", {key} {value}" for key, value in {**(ordered_dict or {}), **values}.items())
 
     def __enter__(self) -> PlainProgress:
         return self

@@ -32,6 +32,7 @@ from opt_fast.ablate import describe, grid_base, grid_family, method_name, setti
 from opt_fast.config import PHASES, Config
 from opt_fast.data.names import parse_task
 from opt_fast.io import atomic_write, read_json, read_jsonl
+from opt_fast.metrics import evaluations
 
 # OPT.md §7: final normalised scores of the paper (D4RL data, its full budget; 10 seeds on MuJoCo).
 PAPER_SCORES: dict[str, dict[str, float]] = {
@@ -78,6 +79,7 @@ class Run:
     config: Config
     summary: dict[str, Any] | None
     metrics: list[dict[str, Any]]
+    """The evaluation records of its metrics.jsonl (the training records are left out)."""
 
     @property
     def dataset(self) -> str:
@@ -116,7 +118,7 @@ def find_runs(paths: Iterable[Path]) -> list[Run]:
         for path in dirs:
             path = path.resolve()
             found[path] = Run(path, Config.from_json(read_json(path / "config.json")), _summary(path),
-                              read_jsonl(path / "metrics.jsonl"))
+                              evaluations(read_jsonl(path / "metrics.jsonl")))
     return [found[p] for p in sorted(found)]
 
 
@@ -320,6 +322,29 @@ def _curve_figure(by_column: dict[str, list[Run]], keys: list[tuple[str, str, st
     return path
 
 
+def _wall_clock_figure(by_column: dict[str, list[Run]], title: str, path: Path) -> Path | None:
+    """Score against the run's wall-clock seconds (summed over the processes that ran it), a line per run coloured
+    by column; None when no run's records carry wall-clock time (runs made before they did)."""
+    timed = {column: [run for run in runs if any("wall_seconds" in r for r in run.metrics)]
+             for column, runs in by_column.items()}
+    if not any(timed.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.get_cmap("tab10" if len(by_column) <= 10 else "tab20").colors
+    for index, (column, runs) in enumerate(timed.items()):
+        for number, run in enumerate(runs):
+            points = [(r["wall_seconds"], r["score"]) for r in run.metrics if "wall_seconds" in r]
+            ax.plot(*zip(*points), "-", color=colors[index % len(colors)], alpha=0.8, linewidth=1,
+                    label=column if number == 0 else None)
+    ax.set_xlabel("wall-clock seconds (summed over resumes)")
+    ax.set_ylabel("normalised score")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14))
+    fig.suptitle(title)
+    _save(fig, path)
+    return path
+
+
 def _heatmap(cells: dict[tuple[int, int], Stat], title: str, path: Path) -> Path:
     plt = _pyplot()
     n_taus = sorted({n_tau for n_tau, _ in cells})
@@ -396,13 +421,14 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
         sections.append(("Ablation grids: final score by N_tau and N_pretrain", grid_items))
     if mechanism:
         sections.append((MECHANISM_HEADING, mechanism))
-    sections.append(("Learning curves", [score for score, _ in curves]))
+    sections.append(("Learning curves", [figure for figures, _ in curves for figure in figures]))
     sections.append(("Value-estimation bias of Q_off and Q_on", [bias for _, bias in curves]))
     sections.append(("Provenance", _provenance(finished, command)))
     sections.append(("Runs", [run_table]))
     markdown_path, html_path = out / "report.md", out / "report.html"
     _write_pages(markdown_path, html_path, intro, sections)
-    figures = [item for item in grid_items if isinstance(item, Path)] + [item for pair in curves for item in pair if isinstance(item, Path)]
+    figures = [item for item in grid_items if isinstance(item, Path)] + [
+        item for figures, bias in curves for item in [*figures, bias] if isinstance(item, Path)]
     return Report(markdown_path, html_path, final, totals, iqms, grids, figures)
 
 
@@ -563,9 +589,10 @@ def _grids(finished: list[Run], figures_dir: Path) -> tuple[dict[str, dict[tuple
 
 
 def _curves(dataset: str, runs: list[Run], column_of: dict[Path, str],
-            figures_dir: Path) -> tuple[Path, Path | str]:
-    """The learning curves and the value-estimation bias of one dataset's runs, a line per column; the bias is a
-    note instead where no evaluation measured it (episodes too short for a reliable Monte-Carlo return)."""
+            figures_dir: Path) -> tuple[list[Path], Path | str]:
+    """The learning curves (against steps and, where the records carry it, against wall-clock seconds) and the
+    value-estimation bias of one dataset's runs, a line per column; the bias is a note instead where no evaluation
+    measured it (episodes too short for a reliable Monte-Carlo return)."""
     by_column: dict[str, list[Run]] = {}
     for run in runs:
         by_column.setdefault(column_of[run.path], []).append(run)
@@ -573,6 +600,9 @@ def _curves(dataset: str, runs: list[Run], column_of: dict[Path, str],
     scores = _curve_figure(by_column, [("score", "-", "")],
                            f"{dataset}: normalised score of the deterministic policy (mean, 95% CI over seeds)",
                            "normalised score", figures_dir / f"curves-{dataset}.png")
+    wall = _wall_clock_figure(by_column, f"{dataset}: normalised score against wall-clock time (each run)",
+                              figures_dir / f"wall-clock-{dataset}.png")
+    scores = [scores] + ([] if wall is None else [wall])
     if not any("q_off_bias" in record for run in runs for record in run.metrics):
         return scores, (f"{dataset}: no value-estimation bias. Every evaluation episode was cut by the time limit "
                         "before the Monte-Carlo return of any of its steps became reliable (it needs "

@@ -12,6 +12,7 @@ from opt_fast.ablate import AblationSpec, check_overrides, describe, expand, par
 from opt_fast.cli import run_dir_for
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.sweep import run_sweep
+from opt_fast.metrics import reproducible_records
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_ablation_shares_the_offline_phase_and_branches_shorter_collections(tmp_
     assert counter.offline_phases == 2 and counter.env_steps["collect"] == 60
     [(alone_dir, alone_summary)] = alone.items()
     branched_dir = run_dir_for((tmp_path / "runs").resolve(), branched, load_dataset(dataset).content_digest)
-    assert (Path(alone_dir) / "metrics.jsonl").read_text() == (branched_dir / "metrics.jsonl").read_text()
+    assert reproducible_records(Path(alone_dir) / "metrics.jsonl") == reproducible_records(branched_dir / "metrics.jsonl")
     assert summaries[str(branched_dir)]["final_score"] == alone_summary["final_score"]
 
 
@@ -157,7 +158,7 @@ def test_a_killed_run_resumes_and_a_finished_one_is_never_run_again(tmp_path, da
     alone = run_sweep([victim], tmp_path / "alone", workers=1)
     [(alone_dir, alone_summary)] = alone.items()
     victim_dir = run_dir_for((tmp_path / "runs").resolve(), victim, load_dataset(dataset).content_digest)
-    assert (victim_dir / "metrics.jsonl").read_text() == (Path(alone_dir) / "metrics.jsonl").read_text()
+    assert reproducible_records(victim_dir / "metrics.jsonl") == reproducible_records(Path(alone_dir) / "metrics.jsonl")
 
     def never(*args, **kwargs):
         raise AssertionError("a finished run was opened again")

@@ -14,6 +14,8 @@ from opt_fast import antmaze
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.pipeline import get_env_state, open_run, set_env_state
+from opt_fast.io import read_jsonl
+from opt_fast.metrics import evaluations
 
 
 @pytest.mark.parametrize("convention,expected", [("minus_one", [-1.0, 0.0]), ("cql", [-2.0, 2.0]),
@@ -163,7 +165,7 @@ def test_trainer_runs_on_antmaze_with_transformed_rewards(tmp_path, small_umaze)
     np.testing.assert_allclose(stored, small_umaze.rewards - 1.0)  # r - 1, SPOT/OPT's convention
     [summary] = trainer.run()
     assert summary["variant"] == "SPOT+OPT" and summary["reference_scores"] == [0.0, 1.0]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = evaluations(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
     for record in records:
         # One 700-step (or shorter, on success) episode: the score is 100 x its success.
         assert record["score"] == 100.0 * record["return_mean"] and record["return_mean"] in (0.0, 1.0)

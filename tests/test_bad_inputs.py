@@ -1,6 +1,7 @@
 """Bad inputs as a new user makes them (issue 12): each ends in one ``opt-fast: error: ...`` line, exit code 2,
 that names the offending file, key or option and what was expected; never a traceback."""
 import errno
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -152,6 +153,8 @@ CASES = [
      lambda f: ["--gamma must be in [0, 1], got 2"]),
     ("ablate --set without =", lambda f: ["ablate", "--env", "hopper-random", "--set", "gamma", "--dry-run"],
      lambda f: ["--set 'gamma': expected KEY=VALUE"]),
+    ("--log bogus", lambda f: train(f, "--log", "tensorboard,bogus"),
+     lambda f: ["--log: unknown sink bogus", "tensorboard, wandb"]),
     # --- sweep files
     ("sweep YAML syntax error", lambda f: ["sweep", str(f["yaml_syntax"]), "--dry-run"],
      lambda f: [f"{f['yaml_syntax']}:2: YAML syntax error"]),
@@ -181,6 +184,15 @@ def test_bad_input_gets_one_line_naming_it(files, capsys, args, expected):
 
 
 @pytest.mark.skipif(pipeline.torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_log_sink_without_its_package_is_named(files, capsys, monkeypatch):
+    """``--log wandb`` where wandb is not installed: one line naming the package, before anything runs."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    line = the_error(capsys, train(files, "--log", "wandb", "--out", str(files["root"] / "sinkless")))
+    assert "--log wandb needs the wandb package: pip install wandb" in line
+    assert not (files["root"] / "sinkless").exists()
+
+
 def test_device_cuda_without_cuda(files, capsys):
     line = the_error(capsys, train(files, "--device", "cuda"))
     assert "--device cuda: CUDA is not available here" in line and "use --device cpu" in line

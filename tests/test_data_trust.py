@@ -10,6 +10,7 @@ from opt_fast import cli
 from opt_fast.data.d4rl import data_source, dataset_info, load_dataset
 from opt_fast.data.names import D4RL_ROWS, parse_dataset_name
 from opt_fast.report import source_label
+from opt_fast.metrics import reproducible_records
 from test_sweep import write_tiny_dataset
 
 # The smallest protocol through the CLI: seconds per run.
@@ -25,7 +26,7 @@ def only_summary(out: Path, prefix: str) -> dict:
 
 def offline_records(out: Path, prefix: str) -> list[dict]:
     [path] = out.glob(f"*/{prefix}-smoke-seed0-*/metrics.jsonl")
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["phase"] == "offline"]
+    return [r for r in reproducible_records(path) if r["phase"] == "offline"]
 
 
 @pytest.mark.parametrize("rows_b", [600, 599], ids=["same-size", "other-size"])

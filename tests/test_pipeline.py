@@ -8,10 +8,13 @@ import torch
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.pipeline import Trainer, open_run
+from opt_fast.io import read_jsonl
+from opt_fast.metrics import evaluations, reproducible_records
 from test_sweep import write_tiny_dataset
 
+# Training records every 7 steps: windows that straddle the checkpoints (every 15) and the phase ends.
 TINY = dict(offline_steps=40, n_tau=40, n_pretrain=10, online_steps=100, eval_every=20, eval_episodes=1,
-            checkpoint_every=15, hidden=(16, 16), batch_size=16, utd=2)
+            checkpoint_every=15, log_every=7, hidden=(16, 16), batch_size=16, utd=2)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_four_phases_write_every_file(tmp_path, dataset):
     for phase in ("offline", "collect", "pretrain", "finetune"):
         assert (run / "checkpoints" / f"{phase}.pt").exists()
     assert (run / "checkpoints" / "latest.pt").exists()
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = evaluations(read_jsonl(run / "metrics.jsonl"))
     assert [r["phase"] for r in records] == ["offline", "offline", "collect", "collect", "pretrain",
                                              "finetune", "finetune", "finetune"]
     assert records[-1]["online_step"] == 100 and records[-1]["update_step"] == 2 * (100 - 40)
@@ -71,6 +74,52 @@ def test_four_phases_write_every_file(tmp_path, dataset):
         open_run(config, run, dataset, resume=False)
 
 
+def test_training_records_carry_losses_throughput_and_wall_clock(tmp_path, dataset):
+    """Every log_every steps of a phase and at its end, each update info's mean over the window, the schedules,
+    steps/s and the wall-clock seconds so far (which only grow)."""
+    trainer = open_run(tiny_config(), tmp_path / "run", dataset, resume=False)
+    trainer.run()
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    training = [r for r in records if "score" not in r]
+    steps = {phase: [r[key] for r in training if r["phase"] == phase]
+             for phase, key in (("offline", "offline_step"), ("collect", "online_step"),
+                                ("pretrain", "pretrain_step"), ("finetune", "online_step"))}
+    assert steps == {"offline": [7, 14, 21, 28, 35, 40], "collect": [7, 14, 21, 28, 35, 40], "pretrain": [7, 10],
+                     "finetune": [42, 49, 56, 63, 70, 77, 84, 91, 98, 100]}
+    for record in training:
+        assert record["wall_seconds"] > 0 and record["updates_per_second"] >= 0
+        if record["phase"] == "offline":
+            assert {"critic_loss", "actor_loss"} <= set(record) and record["updates_per_second"] > 0
+        if record["phase"] == "collect":
+            assert record["env_steps_per_second"] > 0 and "critic_loss" not in record
+        if record["phase"] == "pretrain":
+            assert {"loss", "loss_off", "loss_on"} <= set(record)
+        if record["phase"] == "finetune" and record["online_step"] > 42:
+            assert {"critic_loss", "q_on_loss", "density_loss", "actor_loss", "priority_mean", "priority_max",
+                    "kappa"} <= set(record) and record["env_steps_per_second"] > 0
+            assert all(np.isfinite(record[k]) for k in ("critic_loss", "q_on_loss", "density_loss"))
+    walls = [r["wall_seconds"] for r in records]
+    assert walls == sorted(walls)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["wall_seconds"] == pytest.approx(sum(summary["phase_seconds"].values()))
+
+
+def test_tensorboard_reads_the_event_file(tmp_path, dataset):
+    """``--log tensorboard``: an event file that TensorBoard's own reader loads, with the records' scalars."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = open_run(tiny_config(), tmp_path / "run", dataset, resume=False, sinks=["tensorboard"])
+    trainer.run()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/score", "eval/return_mean", "train/critic_loss", "train/actor_loss", "train/density_loss",
+            "train/kappa", "time/wall_seconds", "time/updates_per_second", "time/env_steps_per_second"} <= tags
+    scores = [e.value for e in events.Scalars("eval/score")]
+    assert scores == pytest.approx([r["score"] for r in evaluations(read_jsonl(tmp_path / "run" / "metrics.jsonl"))])
+
+
 @pytest.mark.parametrize("phase,step_attr,at_step", [("offline", "offline_step", 20),
                                                      ("finetune", "online_step", 80)])
 def test_resume_after_interruption_gives_the_same_result(tmp_path, dataset, phase, step_attr, at_step):
@@ -81,9 +130,11 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, dataset, phas
     expected, got = final_params(reference), final_params(resumed)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
-    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
-    again = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["score"] for x in again] == [json.loads(x)["score"] for x in straight]
+    assert reproducible_records(tmp_path / "resumed" / "metrics.jsonl") == \
+        reproducible_records(tmp_path / "straight" / "metrics.jsonl")
+    # The wall-clock count continues from the checkpoint: it never starts again at zero.
+    walls = [r["wall_seconds"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+    assert walls == sorted(walls)
 
 
 def test_a_run_stopped_after_pretraining_continues_to_the_same_end(tmp_path, dataset):
@@ -101,7 +152,7 @@ def test_a_run_stopped_after_pretraining_continues_to_the_same_end(tmp_path, dat
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["phase"] == "pretrain"
     resumed = open_run(config, run, dataset, resume=True)
     resumed.run()
-    assert (run / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+    assert reproducible_records(run / "metrics.jsonl") == reproducible_records(tmp_path / "straight" / "metrics.jsonl")
     for key, value in final_params(reference).items():
         torch.testing.assert_close(final_params(resumed)[key], value, rtol=0, atol=0, msg=key)
 

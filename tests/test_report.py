@@ -118,6 +118,7 @@ def test_report_of_real_runs_shows_their_numbers(runs, tmp_path):
     assert "## Value-estimation bias at the end of online pre-training (the mechanism)" in markdown
     names = sorted(p.name for p in report.figures)
     assert names[:2] == ["bias-hopper-random.png", "curves-hopper-random.png"] and names[2].startswith("grid-")
+    assert names[-1] == "wall-clock-hopper-random.png"  # the score against wall-clock seconds
     for figure in report.figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{figure.name}" in markdown and f'src="figures/{figure.name}"' in page
@@ -191,8 +192,10 @@ def write_stopped_run(root, name: str, config: Config, biases: tuple[float, floa
     run = root / "hopper-medium-replay-v2" / name
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(config.to_json()))
-    records = [{"phase": "offline", "q_off_bias": 99.0, "q_on_bias": 99.0, "mc_return": 1.0},
-               {"phase": "pretrain", "q_off_bias": biases[0], "q_on_bias": biases[1], "mc_return": mc_return}]
+    records = [{"phase": "offline", "score": 1.0, "q_off_bias": 99.0, "q_on_bias": 99.0, "mc_return": 1.0},
+               {"phase": "pretrain", "loss": 1.0},  # a training record: the report reads evaluations only
+               {"phase": "pretrain", "score": 2.0, "q_off_bias": biases[0], "q_on_bias": biases[1],
+                "mc_return": mc_return}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "summary-pretrain.json").write_text(json.dumps(
         {"data_source": "generated", "seed": config.seed, "seed_batch": [config.seed], "phase_seconds": {},

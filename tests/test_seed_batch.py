@@ -1,5 +1,4 @@
 """Seeds as a batch dimension: a batched run's seeds behave as their one-seed runs, checkpoint together, resume."""
-import json
 import os
 
 import numpy as np
@@ -8,6 +7,8 @@ import torch
 
 from opt_fast.agents.opt import OPTAgent, merge_seeds, split_seeds
 from opt_fast.pipeline import open_run, open_seed_batch
+from opt_fast.io import read_jsonl
+from opt_fast.metrics import evaluations, reproducible_records
 from test_pipeline import dataset, tiny_config  # noqa: F401
 
 SEEDS = (0, 1)
@@ -66,10 +67,8 @@ def test_each_seed_of_a_batch_follows_its_one_seed_run(tmp_path, dataset):  # no
             np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-4, err_msg=key)
         for name, value in seed_params(single, 0).items():
             torch.testing.assert_close(seed_params(batched, index)[name], value, rtol=1e-3, atol=1e-4, msg=name)
-        batch_scores = [json.loads(line)["score"] for line in (tmp_path / f"b{SEEDS[index]}" / "metrics.jsonl")
-                        .read_text().splitlines()]
-        single_scores = [json.loads(line)["score"] for line in (tmp_path / f"s{SEEDS[index]}" / "metrics.jsonl")
-                         .read_text().splitlines()]
+        batch_scores = [r["score"] for r in evaluations(read_jsonl(tmp_path / f"b{SEEDS[index]}" / "metrics.jsonl"))]
+        single_scores = [r["score"] for r in evaluations(read_jsonl(tmp_path / f"s{SEEDS[index]}" / "metrics.jsonl"))]
         np.testing.assert_allclose(batch_scores, single_scores, rtol=1e-3, atol=1e-3)
     # The seeds are independent agents: their parameters differ.
     assert not torch.equal(seed_params(batched, 0)["critic.weights.0"], seed_params(batched, 1)["critic.weights.0"])
@@ -113,8 +112,8 @@ def test_interrupted_batch_resumes_to_the_same_result_even_between_renames(tmp_p
     for index in range(len(SEEDS)):
         for name, value in seed_params(whole, index).items():
             torch.testing.assert_close(seed_params(resumed, index)[name], value, rtol=0, atol=0, msg=name)
-        assert (tmp_path / f"whole{SEEDS[index]}" / "metrics.jsonl").read_text() == \
-            (dirs[index] / "metrics.jsonl").read_text()
+        assert reproducible_records(tmp_path / f"whole{SEEDS[index]}" / "metrics.jsonl") == \
+            reproducible_records(dirs[index] / "metrics.jsonl")
 
 
 def test_a_seed_batch_needs_matching_configs(tmp_path, dataset):  # noqa: F811
