@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import jax_opt  # noqa: E402
 
 from opt_fast.agents.opt import OPTAgent  # noqa: E402
-from opt_fast.agents.td3 import Batch  # noqa: E402
+from opt_fast.agents.common import Batch  # noqa: E402
 from opt_fast.config import Config  # noqa: E402
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5

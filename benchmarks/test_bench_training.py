@@ -36,7 +36,7 @@ from reference_opt import NumpyReplay, ReferenceAgent, ReferenceFinetuner, Trans
 from torch import nn
 
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 from opt_fast.config import Config
 from opt_fast.data.d4rl import OfflineDataset
 from opt_fast.data.names import parse_dataset_name

@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 from opt_fast.config import ANTMAZE_REWARDS
 from opt_fast.data.names import ANTMAZE_FAMILY, parse_dataset_name
 from opt_fast.io import load_torch, save_torch, write_json

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from opt_fast import antmaze, envs, runtime
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, config_differences,
                              first_update_step, kappa, offline_phase_steps, online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible

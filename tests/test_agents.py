@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from opt_fast.agents.opt import OPTAgent, balanced_priorities, density_ratio_loss, meta_adaptation_loss
-from opt_fast.agents.td3 import Batch, td3_bc_actor_loss, td_losses, td_target
+from opt_fast.agents.common import Batch
+from opt_fast.agents.td3 import td3_bc_actor_loss, td_losses, td_target
 from opt_fast.config import Config, first_update_step, kappa, kappa_ramp_steps, resolve
 from opt_fast.networks import Critic, DeterministicActor, EnsembleMLP, stack_params
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 from opt_fast.config import Config
 from opt_fast.networks import use_critic_backend
 

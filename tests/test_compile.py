@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.agents.td3 import Batch, _adam, _adam_group, _lerp, compiled_updates, eager_updates
+from opt_fast.agents.common import Batch, _adam, _adam_group, _lerp, compiled_updates, eager_updates
 from opt_fast.config import Config
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opt_fast.agents.td3 import TD3, Batch
+from opt_fast.agents.common import Batch
+from opt_fast.agents.td3 import TD3
 from opt_fast.config import Config
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.data.scores import normalized_score

@@ -8,7 +8,7 @@ from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
 from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig, TanhGaussianActor
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 
 LR = 3e-4
 

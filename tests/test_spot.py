@@ -7,7 +7,8 @@ import torch
 
 from opt_fast.agents.opt import OPTAgent
 from opt_fast.agents.spot import SPOT, BehaviourVAE, spot_actor_loss
-from opt_fast.agents.td3 import Batch, td_losses, td_target
+from opt_fast.agents.common import Batch
+from opt_fast.agents.td3 import td_losses, td_target
 from opt_fast.config import (Config, first_update_step, kappa, kappa_ramp_steps, offline_phase_steps, online_discount,
                              resolve)
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from opt_fast.agents.spot import SPOT
-from opt_fast.agents.td3 import (TD3, Batch, compile_fullgraph, first_heads, network_options, per_seed,
-                                 seed_generators, td_losses, td_target)
+from opt_fast.agents.common import Batch, compile_fullgraph
+from opt_fast.agents.td3 import TD3, first_heads, network_options, per_seed, seed_generators, td_losses, td_target
 from opt_fast.config import Config, online_discount
 from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, q_values, stack_params
 
@@ -92,7 +92,7 @@ class OPTAgent:
 
     def compile(self) -> None:
         """Compile the loss computations (forward and backward graphs), the priorities, and the parameter updates
-        (Adam steps and Polyak updates, :func:`opt_fast.agents.td3.compiled_updates`), each one graph without
+        (Adam steps and Polyak updates, :func:`opt_fast.agents.common.compiled_updates`), each one graph without
         breaks.
 
         The meta-adaptation loss stays eager: TorchDynamo does not trace ``torch.autograd.grad`` with
@@ -152,7 +152,7 @@ class OPTAgent:
         return density_ratio_loss(*self._density_pair(off, on))
 
     def _priorities(self, batch: Batch, off: Batch) -> torch.Tensor:
-        with torch.no_grad():  # not a decorator: see opt_fast.agents.td3._adam
+        with torch.no_grad():  # not a decorator: see opt_fast.agents.common._adam
             return balanced_priorities(*self._density_pair(batch, off), self.config.replay_temperature)
 
     def _finetune_critic_loss(self, batch: Batch) -> torch.Tensor:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opt_fast.agents.td3 import Batch, detached, optimize, td_losses
+from opt_fast.agents.common import Batch, optimize
+from opt_fast.agents.td3 import detached, td_losses
 from opt_fast.networks import Critic, EnsembleMLP, adam, q_values
 
 # Log-std range of the Gaussian before the tanh: the usual SAC choice (e.g. rlkit's TanhGaussianPolicy).

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from opt_fast.agents.td3 import TD3, Batch, QFunction, compile_fullgraph, detached, first_heads, per_seed
+from opt_fast.agents.common import Batch, compile_fullgraph
+from opt_fast.agents.td3 import TD3, QFunction, detached, first_heads, per_seed
 from opt_fast.config import Config
 from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, per_seed_output, q_values
 

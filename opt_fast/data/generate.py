@@ -50,7 +50,7 @@ import torch
 from tqdm import tqdm
 
 from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig, TanhGaussianActor
-from opt_fast.agents.td3 import Batch
+from opt_fast.agents.common import Batch
 from opt_fast.data.d4rl import read_metadata
 from opt_fast.data.names import MUJOCO_FAMILIES, parse_dataset_name
 from opt_fast.data.scores import REF_SCORES, normalized_score
