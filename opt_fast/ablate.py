@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from opt_fast.cli import resolve_for
+from opt_fast.runs import resolve_for
 from opt_fast.config import BUDGETS, Config
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -2,7 +2,7 @@
 pool or a Ray cluster, doing every shared phase once.
 
 Tasks are idempotent. A run lives in the directory named by its config hash and the content digest of its data
-(``opt_fast.cli.run_dir_for``); a task
+(``opt_fast.runs.run_dir_for``); a task
 returns a finished run's ``summary.json`` untouched, resumes an interrupted run from its last checkpoint, and holds
 a file lock on the run directory while it works, so a run is never done twice at once. A task whose worker was lost
 can therefore simply run again: Ray retries it, the local pool re-drives the plan with a new pool.
@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opt_fast.ablate import AblationSpec, check_overrides, parse_seeds, variant_overrides
+from opt_fast.ablate import AblationSpec, check_overrides, describe, parse_seeds, variant_overrides
 from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS, Config
 from opt_fast.io import read_json
+from opt_fast.runs import load_training_data, phase_cache_dir, run_dir_for
 
 # Keys of a sweep file; see load_sweep.
 _FILE_KEYS = ("datasets", "seeds", "variants", "budget", "n_tau", "n_pretrain", "base")
@@ -184,9 +185,6 @@ def _pretrain_groups(members: list[Config], data_digest: str | None) -> list[Tas
 
 def describe_plan(groups: list[Group], out: Path) -> str:
     """What a sweep runs and shares, one line per run (``--dry-run``)."""
-    from opt_fast.ablate import describe
-    from opt_fast.cli import run_dir_for
-
     def where(task: Task) -> Path | str:
         if task.data_digest is None:
             return "(its directory is named once its data is made, when the sweep runs)"
@@ -231,7 +229,6 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
 
     ``threads`` > 0 sets PyTorch's threads (the pool gives each of its workers a share of the cores).
     """
-    from opt_fast.cli import load_training_data, phase_cache_dir
     from opt_fast.pipeline import open_run
 
     if threads > 0 and task.config.torch_threads == 0:
@@ -298,7 +295,6 @@ def _drive(groups: list[Group], out: Path, submit: Submit, wait_any: Callable[[l
 
 
 def _run_dir(out: Path, task: Task) -> Path:
-    from opt_fast.cli import run_dir_for
 
     assert task.data_digest is not None, "a sweep that runs has made its data"
     return run_dir_for(out, task.config, task.data_digest)
@@ -379,14 +375,13 @@ DataKey = tuple[str, str | None, str, str]
 
 
 def data_key(config: Config) -> DataKey:
-    """What decides a run's data (``opt_fast.cli.load_training_data``): env, dataset path, env version, budget."""
+    """What decides a run's data (``opt_fast.runs.load_training_data``): env, dataset path, env version, budget."""
     return config.env, config.dataset, config.env_version, config.budget
 
 
 def ensure_datasets(configs: list[Config], generate: bool = True) -> dict[DataKey, str | None]:
     """Load (generating where missing) every dataset once here, before runs on many workers would race to; each
     one's content digest. Without ``generate`` (a dry run), data not on disk has the digest None."""
-    from opt_fast.cli import load_training_data
 
     digests: dict[DataKey, str | None] = {}
     for config in configs:

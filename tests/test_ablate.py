@@ -9,7 +9,7 @@ from test_sweep import TINY, write_tiny_dataset
 
 from opt_fast import pipeline
 from opt_fast.ablate import AblationSpec, check_overrides, describe, expand, parse_seeds, variant_overrides
-from opt_fast.cli import run_dir_for
+from opt_fast.runs import run_dir_for
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.sweep import run_sweep
 from opt_fast.metrics import reproducible_records

@@ -6,11 +6,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from opt_fast import cli
+from opt_fast import cli, runs
 from opt_fast.data.d4rl import data_source, dataset_info, load_dataset
 from opt_fast.data.names import D4RL_ROWS, parse_dataset_name
-from opt_fast.report import source_label
 from opt_fast.metrics import reproducible_records
+from opt_fast.report import source_label
 from test_sweep import write_tiny_dataset
 
 # The smallest protocol through the CLI: seconds per run.
@@ -52,7 +52,7 @@ def test_a_d4rl_file_put_in_place_of_generated_data_gets_its_own_runs(tmp_path, 
     d4rl_dir.mkdir()
     monkeypatch.setenv("D4RL_DATASET_DIR", str(d4rl_dir))
     monkeypatch.setenv("OPT_FAST_DATA_DIR", str(tmp_path / "generated"))
-    generated = cli.generated_path(parse_dataset_name("hopper-random"), "v5", "smoke")
+    generated = runs.generated_path(parse_dataset_name("hopper-random"), "v5", "smoke")
     generated.parent.mkdir(parents=True)
     write_tiny_dataset(generated, seed=0)
     args = ["train", "--env", "hopper-random", "--out", str(out), *TINY_ARGS]

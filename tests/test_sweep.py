@@ -123,7 +123,7 @@ def test_an_n_pretrain_grid_pretrains_once_and_each_cell_ends_as_its_own_run(tmp
     """The N_pretrain cells of one (dataset, seed, N_tau) branch from the longest pre-training: it stores the run's
     state at every other cell's N_pretrain, and each cell fine-tunes from there to the same numbers as a cell run on
     its own (no cache)."""
-    from opt_fast.cli import load_training_data, run_dir_for
+    from opt_fast.runs import load_training_data, run_dir_for
     from opt_fast.pipeline import open_run
 
     spec = AblationSpec(datasets=["hopper-random"], seeds=[0], budget="smoke", n_tau=[40], n_pretrain=[5, 10, 20],
