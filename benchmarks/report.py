@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from opt_fast.io import atomic_write
-    from opt_fast.pipeline import code_version, machine_description
+    from opt_fast.provenance import code_version, machine_description
 
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     out = ROOT / "results" / f"{kind}-{datetime.date.today().isoformat()}.md"

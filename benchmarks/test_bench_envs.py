@@ -19,7 +19,7 @@ import jax
 import pytest
 import torch
 
-from opt_fast.mjx_envs import VecEnv, make_vec_env
+from opt_fast.envs.mjx import VecEnv, make_vec_env
 
 FAMILY = "hopper"
 GPU = jax.default_backend() == "gpu"

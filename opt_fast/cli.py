@@ -15,8 +15,9 @@ from typing import Any
 from opt_fast import config as config_module
 from opt_fast import runtime
 from opt_fast.config import BUDGETS, DATA_BUDGET, PHASES, Config
-from opt_fast.runs import (d4rl_file, differing_runs, generate_data, generated_path, load_training_data,
-                           phase_cache_dir, resolve_for, run_dir_for)
+from opt_fast.datagen import generate_data
+from opt_fast.runs import (d4rl_file, differing_runs, generated_path, load_training_data, phase_cache_dir,
+                           resolve_for, run_dir_for)
 
 # Options with their own, shorter spelling below; every other Config field becomes --field-name.
 _SPECIAL = {"env", "dataset", "seed", "budget", "opt", "compile", "extra"}

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
-
-ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
-"""AntMaze training-reward conventions (``Config.antmaze_reward``), applied by :mod:`opt_fast.antmaze`."""
+from opt_fast.data.scores import ANTMAZE_REWARDS
 
 
 @dataclass(frozen=True)
@@ -200,7 +198,7 @@ PHASES = ("offline", "collect", "pretrain", "finetune", "done")
 
 ENV_BACKENDS = ("gymnasium", "mjx")
 MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
-"""The families ``opt_fast.mjx_envs`` simulates."""
+"""The families ``opt_fast.envs.mjx`` simulates."""
 
 # Fields that determine the offline phase's result: runs sharing them share its checkpoint.
 OFFLINE_FIELDS = (
@@ -247,7 +245,7 @@ BUDGETS: dict[str, dict[str, int]] = {
                   eval_every=100, eval_episodes=1, checkpoint_every=100, vae_steps=50),
 }
 
-# The generation budget (opt_fast.data.generate.GENERATION_BUDGETS and Adroit's, AntMaze's) of the data a training
+# The generation budget (opt_fast.datagen.mujoco.GENERATION_BUDGETS and Adroit's, AntMaze's) of the data a training
 # budget makes when no dataset file is found.
 DATA_BUDGET: dict[str, str] = {"paper": "paper", "study": "study", "quick": "quick", "cpu": "quick", "smoke": "smoke"}
 

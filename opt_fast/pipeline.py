@@ -16,35 +16,33 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-import gymnasium
-import mujoco
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from opt_fast import antmaze, envs, runtime
-from opt_fast.agents.opt import OPTAgent
+from opt_fast import envs, runtime
 from opt_fast.agents.common import Batch
+from opt_fast.agents.opt import OPTAgent
 from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PHASES, PRETRAIN_FIELDS, Config, config_differences,
                              first_update_step, kappa, offline_phase_steps, online_discount)
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
-from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
-from opt_fast.data.scores import reference_scores
+from opt_fast.data.names import ANTMAZE_FAMILY, parse_task
+from opt_fast.data.scores import reference_scores, transform_reward
+from opt_fast.envs.antmaze import env_key
+from opt_fast.envs.seed_envs import GymSeedEnvs
 from opt_fast.evaluation import episode_seed, evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
 from opt_fast.metrics import WindowStats, open_sinks, run_step
 from opt_fast.networks import use_critic_backend
 from opt_fast.progress import PlainProgress, format_seconds, progress_bar
+from opt_fast.provenance import code_version, env_package_versions, machine_description
 from opt_fast.replay import ReplayBuffer
 
 
@@ -127,14 +125,14 @@ class Trainer:
         task = parse_task(config.env)
         self.family = task.family
         # AntMaze has one env per maze (antmaze-umaze...), every other family one env.
-        env_name = antmaze.env_key(task.kind) if self.family == ANTMAZE_FAMILY else self.family
+        env_name = env_key(task.kind) if self.family == ANTMAZE_FAMILY else self.family
         meta = dataset.metadata
         # Minari datasets may carry their own reference returns (the Minari loader prints which pair it chose).
         self.ref_scores = ((float(meta["ref_min_score"]), float(meta["ref_max_score"]))
                            if "ref_min_score" in meta and "ref_max_score" in meta else reference_scores(self.family))
         if self.family == ANTMAZE_FAMILY and dataset.source == "d4rl":
             print(f"warning: {dataset.path} is D4RL AntMaze data, whose maze is the mirror image of "
-                  "gymnasium-robotics' (see opt_fast.antmaze): the online env does not match it; use Minari's "
+                  "gymnasium-robotics' (see opt_fast.envs.antmaze): the online env does not match it; use Minari's "
                   "D4RL/antmaze data or `opt-fast data generate`", file=sys.stderr)
         self.cache_dir = cache_dir
         self.device = checked_device(config.device)
@@ -372,7 +370,7 @@ class Trainer:
         """The reward learnt from: AntMaze's 0/1 success under ``antmaze_reward`` (evaluation counts the raw
         success), every other family's unchanged."""
         if self.family == ANTMAZE_FAMILY:
-            return antmaze.transform_reward(self.config.antmaze_reward, reward)
+            return transform_reward(self.config.antmaze_reward, reward)
         return reward
 
     def _periodic(self, step: int, bar: tqdm | PlainProgress) -> None:
@@ -765,40 +763,6 @@ def _finish_commit(marker: Path) -> None:
     marker.unlink()
 
 
-class GymSeedEnvs:
-    """One gymnasium env per seed behind :class:`opt_fast.mjx_envs.MJXSeedEnvs`' interface, stepped in turn."""
-
-    def __init__(self, env_list: Sequence[gymnasium.Env]):
-        self.envs = list(env_list)
-
-    def reset(self, seeds: Sequence[int]) -> list[np.ndarray]:
-        return [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
-
-    def next_episode(self, row: int) -> np.ndarray:
-        return self.envs[row].reset()[0]
-
-    def step(self, actions: np.ndarray) -> list[tuple[np.ndarray, float, bool, bool]]:
-        return [env.step(action)[:4] for env, action in zip(self.envs, actions)]
-
-    def state_dict(self, row: int) -> dict[str, Any]:
-        return get_env_state(self.envs[row])
-
-    def load_state_dict(self, row: int, state: dict[str, Any]) -> None:
-        set_env_state(self.envs[row], state)
-
-
-_MUJOCO_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
-
-
-def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
-    wrapper = env
-    while not isinstance(wrapper, gymnasium.wrappers.TimeLimit):
-        if not hasattr(wrapper, "env"):
-            raise TypeError(f"{env} has no TimeLimit wrapper")
-        wrapper = wrapper.env
-    return wrapper
-
-
 def make_seed_envs(name: str, configs: Sequence[Config]):
     """The online envs of every seed: one MJX batch (``--env-backend mjx``) or one gymnasium env per seed."""
     config = configs[0]
@@ -819,76 +783,10 @@ def make_eval_envs(name: str, configs: Sequence[Config]):
 
 def _mjx_envs():
     try:
-        from opt_fast import mjx_envs
+        from opt_fast.envs import mjx as mjx_envs
     except ImportError as err:
         raise ImportError(f"--env-backend mjx needs mujoco-mjx and jax ({err}): pip install 'opt-fast[mjx]'") from err
     return mjx_envs
-
-
-def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
-    """A mid-episode env's full state: MuJoCo's physics, step count within the episode, and its RNG; plus, for
-    envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets)."""
-    sim = env.unwrapped
-    physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
-    mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
-    return {"physics": physics, "elapsed_steps": _time_limit(env)._elapsed_steps,
-            "np_random": sim.np_random.bit_generator.state,
-            "task": env.task_state() if hasattr(env, "task_state") else None}
-
-
-def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
-    env.reset()  # marks the env as reset for gymnasium's order checks; everything is overwritten below
-    sim = env.unwrapped
-    mujoco.mj_setState(sim.model, sim.data, state["physics"], _MUJOCO_STATE)
-    mujoco.mj_forward(sim.model, sim.data)
-    _time_limit(env)._elapsed_steps = state["elapsed_steps"]
-    sim.np_random.bit_generator.state = state["np_random"]
-    if state.get("task") is not None:
-        env.set_task_state(state["task"])
-
-
-def env_package_versions(family: str) -> dict[str, str]:
-    """Versions of the packages that define the env's dynamics and rewards, recorded with every result
-    (gymnasium-robotics changed Adroit rewards without a version bump)."""
-    packages = ["gymnasium", "mujoco"]
-    if family in ADROIT_FAMILIES or family == ANTMAZE_FAMILY:
-        packages.append("gymnasium-robotics")
-    return {package: importlib_metadata.version(package) for package in packages}
-
-
-def machine_description() -> str:
-    """CPU model, core count, memory and OS of this machine (and its GPU, when one is visible)."""
-    cpu = platform.processor() or platform.machine()
-    memory = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        total_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemTotal"))
-        memory = f", {total_kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{memory}{gpu}; {platform.system()} {platform.release()}"
-
-
-def code_version() -> str:
-    """opt-fast's version, and the git commit of its source tree when it runs from a checkout (``+dirty`` when the
-    tree has uncommitted changes), for every result's provenance."""
-    version = importlib_metadata.version("opt-fast")
-    source = Path(__file__).resolve().parent.parent
-    if not (source / "pyproject.toml").exists():  # an installed copy: any enclosing repository is not its source
-        return version
-    try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version} ({commit}{'+dirty' if dirty else ''})"
 
 
 def open_run(config: Config, run_dir: Path, dataset: OfflineDataset, resume: bool,

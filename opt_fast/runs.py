@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from opt_fast.config import DATA_BUDGET, Config, config_differences, resolve
+from opt_fast.datagen import generate_data
 
 
 def resolve_for(base: Config, overrides: dict[str, Any]) -> Config:
@@ -118,21 +119,3 @@ def load_training_data(config: Config, adroit_data: str | None = None, allow_env
               f"not D4RL.", file=sys.stderr)
         generate_data(name, generated.parent, 0, data_budget, config.env_version, adroit_data)
     return load_dataset(generated)
-
-
-def generate_data(name, out: Path, seed: int, budget: str, env_version: str, adroit_data: str | None = None,
-                  policy_steps: int | None = None) -> Path:
-    """Make a dataset with D4RL's recipe: MuJoCo (SAC), Adroit (DAPG release) or AntMaze (goal-reaching ant)."""
-    from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
-
-    if name.family in ADROIT_FAMILIES:
-        from opt_fast import adroit
-
-        return adroit.generate(name.d4rl_id, out, adroit_data, seed=seed, budget=budget)
-    if name.family == ANTMAZE_FAMILY:
-        from opt_fast import antmaze
-
-        return antmaze.generate(name.d4rl_id, out, seed=seed, budget=budget, sac_steps=policy_steps)
-    from opt_fast.data.generate import generate
-
-    return generate(name.d4rl_id, out, seed=seed, budget=budget, env_version=env_version)

@@ -7,10 +7,13 @@ import h5py
 import numpy as np
 import pytest
 
-from opt_fast import adroit
+from opt_fast import provenance
+from opt_fast.datagen import adroit
+from opt_fast.envs import adroit as adroit_env
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
-from opt_fast.pipeline import get_env_state, open_run, set_env_state
+from opt_fast.envs.seed_envs import get_env_state, set_env_state
+from opt_fast.pipeline import open_run
 
 DAPG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "adroit"
 needs_dapg = pytest.mark.skipif(not (DAPG / adroit.DEMOS_FILE).is_file(), reason="DAPG release not in ../shared/data")
@@ -54,7 +57,7 @@ def test_bad_policy_files_name_the_file_and_the_problem(tmp_path, replace, messa
 
 @pytest.mark.parametrize("task,obs_dim,act_dim,horizon", [("pen", 45, 24, 100), ("door", 39, 28, 200)])
 def test_envs_have_d4rl_horizons_and_sizes(task, obs_dim, act_dim, horizon):
-    env = adroit.make_env(task, seed=0)
+    env = adroit_env.make_env(task, seed=0)
     assert env.observation_space.shape == (obs_dim,) and env.action_space.shape == (act_dim,)
     env.reset(seed=0)
     steps, truncated = 0, False
@@ -66,7 +69,7 @@ def test_envs_have_d4rl_horizons_and_sizes(task, obs_dim, act_dim, horizon):
 
 
 def test_env_state_round_trip_includes_the_randomised_door():
-    env, other = adroit.make_env("door", seed=0), adroit.make_env("door", seed=5)
+    env, other = adroit_env.make_env("door", seed=0), adroit_env.make_env("door", seed=5)
     rng = np.random.default_rng(0)
     for _ in range(7):
         env.step(rng.uniform(-1, 1, 28))
@@ -80,8 +83,8 @@ def test_env_state_round_trip_includes_the_randomised_door():
 @needs_dapg
 def test_real_dapg_door_policy_reaches_the_expert_level():
     policy = adroit.GaussianMLPPolicy.from_npz(DAPG / adroit.policy_file("door"))
-    env = adroit.make_env("door")
-    episode = adroit.run_episode(env, lambda obs, t: policy.mean(obs), adroit.HORIZONS["door"], {"seed": 0})
+    env = adroit_env.make_env("door")
+    episode = adroit.run_episode(env, lambda obs, t: policy.mean(obs), adroit_env.HORIZONS["door"], {"seed": 0})
     assert episode["rewards"].sum() > 2500  # DATA.md: 3037 in gymnasium-robotics 1.4.2
 
 
@@ -98,7 +101,7 @@ def test_door_human_and_cloned_follow_d4rl_layout(tmp_path):
     demos = adroit.Demos.from_npz(tmp_path / adroit.DEMOS_FILE)
     n_demo, n_clone = int(demos.episode_lengths.sum()), adroit.BUDGETS["smoke"].cloned_episodes * 200
     with h5py.File(path) as f:
-        assert f["metadata/gymnasium_robotics"][()].decode() == adroit.gymnasium_robotics_version()
+        assert f["metadata/gymnasium_robotics"][()].decode() == provenance.gymnasium_robotics_version()
         assert f["metadata/generator"][()].decode() == "opt_fast.adroit"
         actions, timeouts = f["actions"][()], f["timeouts"][()]
         assert not f["terminals"][()].any() and f["infos/door_body_pos"].shape == (len(actions), 3)
@@ -147,7 +150,7 @@ def test_spot_and_spot_opt_run_every_phase_on_door(tmp_path, door_expert, use_op
     assert summary["variant"] == ("SPOT+OPT" if use_opt else "SPOT")
     phases = {"offline", "collect", "pretrain", "finetune"} if use_opt else {"offline", "finetune"}
     assert set(summary["phase_scores"]) == phases
-    assert summary["env_packages"]["gymnasium-robotics"] == adroit.gymnasium_robotics_version()
+    assert summary["env_packages"]["gymnasium-robotics"] == provenance.gymnasium_robotics_version()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["offline_step"] == TINY["offline_steps"] + TINY["vae_steps"]
 

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from opt_fast import antmaze
+from opt_fast.data.d4rl import flatten_observation
+from opt_fast.data.scores import transform_reward
+from opt_fast.datagen import antmaze
+from opt_fast.envs import antmaze as antmaze_env
 from opt_fast.config import Config, resolve
 from opt_fast.data.d4rl import load_dataset
-from opt_fast.pipeline import get_env_state, open_run, set_env_state
+from opt_fast.envs.seed_envs import get_env_state, set_env_state
+from opt_fast.pipeline import open_run
 from opt_fast.io import read_jsonl
 from opt_fast.metrics import evaluations
 
@@ -21,23 +25,23 @@ from opt_fast.metrics import evaluations
 @pytest.mark.parametrize("convention,expected", [("minus_one", [-1.0, 0.0]), ("cql", [-2.0, 2.0]),
                                                  ("calql", [-5.0, 5.0]), ("none", [0.0, 1.0])])
 def test_reward_conventions(convention, expected):
-    np.testing.assert_allclose(antmaze.transform_reward(convention, np.array([0.0, 1.0])), expected)
+    np.testing.assert_allclose(transform_reward(convention, np.array([0.0, 1.0])), expected)
 
 
 def test_unknown_reward_convention_and_maze_are_named():
     with pytest.raises(ValueError, match="minus_one, cql, calql, none"):
-        antmaze.transform_reward("iql", 1.0)
+        transform_reward("iql", 1.0)
     with pytest.raises(ValueError, match="antmaze-umaze, antmaze-medium, antmaze-large"):
-        antmaze.make_env("antmaze-huge")
+        antmaze_env.make_env("antmaze-huge")
     with pytest.raises(ValueError, match="valid kinds"):
-        antmaze.env_key("umaze-play")
+        antmaze_env.env_key("umaze-play")
 
 
 def test_dict_observations_flatten_as_d4rl():
     obs = {"achieved_goal": np.array([1.0, 2.0]), "observation": np.arange(27.0), "desired_goal": np.array([9.0, 9.0])}
-    np.testing.assert_array_equal(antmaze.flatten_observation(obs), np.concatenate([[1.0, 2.0], np.arange(27.0)]))
+    np.testing.assert_array_equal(flatten_observation(obs), np.concatenate([[1.0, 2.0], np.arange(27.0)]))
     with pytest.raises(ValueError, match="missing \\['achieved_goal'\\]"):
-        antmaze.flatten_observation({"observation": np.zeros(27)})
+        flatten_observation({"observation": np.zeros(27)})
 
 
 def place_ant(env, xy):
@@ -47,7 +51,7 @@ def place_ant(env, xy):
 
 
 def test_eval_env_counts_success_as_d4rl():
-    env = antmaze.make_env("antmaze-umaze", seed=0)
+    env = antmaze_env.make_env("antmaze-umaze", seed=0)
     obs, _ = env.reset(seed=0)
     maze = env.unwrapped.maze
     assert obs.shape == (29,) and env.observation_space.shape == (29,)
@@ -66,7 +70,7 @@ def test_eval_env_counts_success_as_d4rl():
 
 
 def test_umaze_episode_lasts_700_steps():
-    env = antmaze.make_env("antmaze-umaze", seed=0)
+    env = antmaze_env.make_env("antmaze-umaze", seed=0)
     steps, done = 0, False
     while not done:
         _, _, terminated, truncated, _ = env.step(np.zeros(8))
@@ -75,7 +79,7 @@ def test_umaze_episode_lasts_700_steps():
 
 
 def test_env_state_round_trip_includes_the_goal():
-    env, other = antmaze.make_env("antmaze-umaze", seed=0), antmaze.make_env("antmaze-umaze", seed=9)
+    env, other = antmaze_env.make_env("antmaze-umaze", seed=0), antmaze_env.make_env("antmaze-umaze", seed=9)
     rng = np.random.default_rng(0)
     for _ in range(5):
         env.step(rng.uniform(-1, 1, 8))
@@ -89,7 +93,7 @@ def test_env_state_round_trip_includes_the_goal():
 
 
 def test_waypoints_follow_the_shortest_path_through_the_cells():
-    env = antmaze.make_env("antmaze-umaze", seed=0)
+    env = antmaze_env.make_env("antmaze-umaze", seed=0)
     controller = antmaze.WaypointController(env, lambda features: np.zeros(8))
     maze = env.unwrapped.maze
     goal = maze.cell_rowcol_to_xy(np.array([3, 1])) + 0.2

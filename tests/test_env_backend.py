@@ -7,7 +7,7 @@ pytest.importorskip("mujoco.mjx")
 
 from opt_fast.config import Config, resolve  # noqa: E402
 from opt_fast.evaluation import episode_seed, evaluate_seed_batch, summarize  # noqa: E402
-from opt_fast.mjx_envs import MJXSeedEnvs  # noqa: E402
+from opt_fast.envs.mjx import MJXSeedEnvs  # noqa: E402
 from opt_fast.pipeline import open_run, open_seed_batch  # noqa: E402
 from opt_fast.metrics import reproducible_records
 from test_pipeline import dataset, final_params, run_with_interrupt, tiny_config  # noqa: E402,F401

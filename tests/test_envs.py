@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from opt_fast.envs import env_dims, env_id, make_env
+from opt_fast.envs import env_dims, make_env
+from opt_fast.envs.locomotion import env_id
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is out of date.*:DeprecationWarning")
 

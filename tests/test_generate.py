@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from opt_fast.data.d4rl import load_dataset
-from opt_fast.data.generate import GENERATION_BUDGETS, describe_budgets, generate, medium_target
+from opt_fast.datagen.mujoco import GENERATION_BUDGETS, describe_budgets, generate, medium_target
 from opt_fast.io import load_torch
 
 SMOKE = GENERATION_BUDGETS["smoke"]
@@ -156,7 +156,7 @@ def test_a_finished_file_is_kept_and_another_seed_is_not(hopper, monkeypatch, ca
     def must_not_run(*args, **kwargs):
         raise AssertionError("the SAC run was opened again")
 
-    monkeypatch.setattr("opt_fast.data.generate._SACRun", must_not_run)
+    monkeypatch.setattr("opt_fast.datagen.mujoco._SACRun", must_not_run)
     assert generate("hopper-medium", out, budget=SMOKE) == out / "hopper_medium-v2.hdf5"
     assert "exists (same dataset, env, seed and budget): kept" in capsys.readouterr().out
     assert (out / "hopper_medium-v2.hdf5").stat().st_mtime_ns == before

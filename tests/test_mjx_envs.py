@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from opt_fast import envs, mjx_envs
-from opt_fast.mjx_envs import GymVecEnv, MJXVecEnv, make_vec_env
+from opt_fast import envs
+from opt_fast.envs import mjx as mjx_envs
+from opt_fast.envs.locomotion import MAX_EPISODE_STEPS
+from opt_fast.envs.mjx import GymVecEnv, MJXVecEnv, make_vec_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is out of date.*:DeprecationWarning")
 
@@ -84,7 +86,7 @@ def _gyms_after_reset(family: str, version: str, ant_obs: str = "contact") -> li
     ("hopper", "v4", "float32", 200, 1e-4),  # same compiled step; v4 pays the healthy reward when terminating
     ("walker2d", "v5", "float64", 200, 1e-5),
     ("walker2d", "v4", "float64", 200, 1e-5),  # same compiled step; v4's XML (foot friction)
-    ("halfcheetah", "v5", "float64", envs.MAX_EPISODE_STEPS + 5, 1e-5),  # through the time limit
+    ("halfcheetah", "v5", "float64", MAX_EPISODE_STEPS + 5, 1e-5),  # through the time limit
 ])
 def test_planar_walkers_follow_gymnasium(family, version, precision, steps, obs_tolerance):
     env = _mjx_env(family, version, precision=precision)

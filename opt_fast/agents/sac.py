@@ -1,6 +1,6 @@
 """Soft actor-critic with automatic entropy tuning (Haarnoja et al., 2018, "Soft Actor-Critic Algorithms and
 Applications"): the algorithm D4RL's MuJoCo datasets came from (``/work/shared/paper/DATA.md``), used by
-:mod:`opt_fast.data.generate` to regenerate them.
+:mod:`opt_fast.datagen.mujoco` to regenerate them.
 
 Tanh-Gaussian actor and twin critics, MLP 256-256 ReLU; lr 3e-4, batch 256, gamma 0.99, tau 0.005, target
 entropy -act_dim. All randomness (network init, action noise, replay sampling) comes from seeded generators that

@@ -1,7 +1,7 @@
 """D4RL-layout hdf5 files: loading, d4rl's ``qlearning_dataset`` transitions, and a summary for ``data info``.
 
 A file holds rows ``(s_i, a_i, r_i, done_i)`` with episodes laid end to end (``/work/shared/paper/DATA.md``).
-Real D4RL downloads and files written by :mod:`opt_fast.data.generate` share this layout; generated files carry
+Real D4RL downloads and files written by :mod:`opt_fast.datagen` share this layout; generated files carry
 ``metadata/generator`` and may name the D4RL dataset they reproduce in ``metadata/dataset``
 (e.g. ``hopper-medium-v2``) and the env they were made in in ``metadata/env_id`` (``Hopper-v5``).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -424,3 +425,31 @@ def dataset_info(
         "normalized_return": _stats(normalized_score(name, returns)) if has_rows and name is not None else None,
         "metadata": {key: _describe(value) for key, value in metadata.items()},
     }
+
+
+def write_d4rl_hdf5(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write ``arrays`` and ``metadata/<key>`` datasets to a temporary file, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as file:
+            for key, value in arrays.items():
+                file.create_dataset(key, data=value)
+            for key, value in meta.items():
+                file.create_dataset(f"metadata/{key}", data=value)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private; a dataset is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flatten_observation(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """D4RL's AntMaze observation from a goal-env Dict observation: x, y (``achieved_goal``) then the 27
+    ``observation`` entries (batched arrays work too: the last axis is concatenated)."""
+    missing = [key for key in ("achieved_goal", "observation") if key not in obs]
+    if missing:
+        raise ValueError(f"a Dict observation needs keys 'achieved_goal' and 'observation' to be flattened as "
+                         f"D4RL's AntMaze observation; missing {missing} (keys: {sorted(obs)})")
+    return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)

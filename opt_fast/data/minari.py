@@ -7,7 +7,7 @@ downloaded: a dataset that is not on disk raises an error saying where it was lo
 Transitions: each episode stores T + 1 observations for T steps, so every step has its own next observation
 (obs = observations[:-1], next_obs = observations[1:]) and every step is kept, time-limit cuts included; ``terminals``
 are the episode's ``terminations`` only. Dict observations (AntMaze: ``achieved_goal``, ``observation``,
-``desired_goal``) are flattened as D4RL's files hold them (:func:`opt_fast.antmaze.flatten_observation`).
+``desired_goal``) are flattened as D4RL's files hold them (:func:`opt_fast.data.d4rl.flatten_observation`).
 
 Reference scores: the dataset's own ``ref_min_score``/``ref_max_score`` when its metadata has both (they were
 measured on the dataset's env), else D4RL's table for the task family; the choice is printed and recorded in the
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from opt_fast.data.d4rl import OfflineDataset
+from opt_fast.data.d4rl import OfflineDataset, flatten_observation
 from opt_fast.data.names import MINARI_PREFIX, parse_minari_id
 from opt_fast.data.scores import reference_scores
 
@@ -61,7 +61,6 @@ def read_minari_metadata(dataset_id: str) -> dict[str, Any]:
 
 def _flat(observations: Any, where: str) -> np.ndarray:
     if isinstance(observations, dict):
-        from opt_fast.antmaze import flatten_observation
 
         try:
             return flatten_observation(observations)

@@ -48,3 +48,22 @@ def normalized_score(family_or_name: str | DatasetName, raw_return: ArrayLike) -
     ref_min, ref_max = reference_scores(family_or_name)
     score = 100.0 * (np.asarray(raw_return, dtype=np.float64) - ref_min) / (ref_max - ref_min)
     return float(score) if score.ndim == 0 else score
+
+
+ANTMAZE_REWARDS = ("minus_one", "cql", "calql", "none")
+"""AntMaze training-reward conventions (``Config.antmaze_reward``, :func:`transform_reward`): the dataset's and the
+online env's 0/1 success reward as ``r - 1`` (IQL/SPOT/OPT, the default), CQL's ``4 (r - 0.5)``, Cal-QL's
+``10 r - 5``, or unchanged; evaluation always counts the raw success."""
+
+
+def transform_reward(convention: str, reward: np.ndarray | float) -> np.ndarray | float:
+    """The training reward of a 0/1 success reward under a convention of ``Config.antmaze_reward``."""
+    if convention == "minus_one":
+        return reward - 1.0
+    if convention == "cql":
+        return 4.0 * (reward - 0.5)
+    if convention == "calql":
+        return 10.0 * reward - 5.0
+    if convention == "none":
+        return reward
+    raise ValueError(f"unknown AntMaze reward convention {convention!r}; valid: {', '.join(ANTMAZE_REWARDS)}")

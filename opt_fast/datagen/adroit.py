@@ -1,10 +1,7 @@
-"""Adroit hand tasks with D4RL's conventions, the DAPG policies, and D4RL's Adroit datasets rebuilt from the DAPG
-release (``/work/shared/paper/DATA.md``).
+"""D4RL's Adroit datasets rebuilt from the DAPG release, and the DAPG policies (the envs: :mod:`opt_fast.envs.adroit`).
 
-Environments are gymnasium-robotics' ``AdroitHand{Pen,Door,Hammer,Relocate}-v1`` with D4RL's evaluation horizons
-(pen 100 steps, the others 200); none of them terminates. Door, hammer and relocate rewards changed between
-gymnasium-robotics 1.2.0 and 1.4.x without a version bump, so every dataset records the installed version
-(``metadata/gymnasium_robotics``).
+Every dataset records the installed gymnasium-robotics version (``metadata/gymnasium_robotics``): door, hammer and
+relocate rewards changed between its releases without a version bump.
 
 The DAPG release (aravindr93/hand_dapg, as ``.npz``) comes from a directory the user names
 (``opt-fast ... --adroit-data DIR``): ``dapg_<task>_policy.npz`` and ``door_human_demos.npz``. Datasets, in D4RL's
@@ -25,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +29,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from opt_fast.data.d4rl import write_d4rl_hdf5
 from opt_fast.data.names import ADROIT_FAMILIES, parse_dataset_name
 from opt_fast.data.scores import normalized_score
+from opt_fast.envs.adroit import HORIZONS, make_env
 from opt_fast.progress import progress_bar
-
-HORIZONS: dict[str, int] = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}
-"""D4RL's episode length per task (gymnasium-robotics registers 200 for all four)."""
+from opt_fast.provenance import gymnasium_robotics_version
 
 DEMOS_FILE = "door_human_demos.npz"
 _DEMO_KEYS = ("actions", "episode_lengths", "init_qpos", "init_qvel", "init_door_body_pos")
@@ -47,48 +43,6 @@ _POLICY_KEYS = ("in_shift", "in_scale", "out_shift", "out_scale", "log_std", "n_
 
 def policy_file(task: str) -> str:
     return f"dapg_{task}_policy.npz"
-
-
-def gymnasium_robotics_version() -> str:
-    return importlib_metadata.version("gymnasium-robotics")
-
-
-def _check_task(task: str) -> None:
-    if task not in ADROIT_FAMILIES:
-        raise ValueError(f"unknown Adroit task {task!r}; valid tasks: {', '.join(ADROIT_FAMILIES)}")
-
-
-def env_id(task: str) -> str:
-    """The gymnasium-robotics id, e.g. ``AdroitHandDoor-v1``."""
-    _check_task(task)
-    return f"AdroitHand{task.capitalize()}-v1"
-
-
-class AdroitEnv(gym.Wrapper):
-    """An Adroit env whose checkpointable state includes what ``reset`` randomises in the MuJoCo *model* (door and
-    board positions, pen target orientation, relocate target): physics state alone does not hold them."""
-
-    def task_state(self) -> dict[str, np.ndarray]:
-        model = self.unwrapped.model
-        return {"body_pos": model.body_pos.copy(), "body_quat": model.body_quat.copy(),
-                "site_pos": model.site_pos.copy()}
-
-    def set_task_state(self, state: dict[str, np.ndarray]) -> None:
-        model = self.unwrapped.model
-        model.body_pos[:], model.body_quat[:], model.site_pos[:] = (
-            state["body_pos"], state["body_quat"], state["site_pos"])
-
-
-def make_env(task: str, seed: int | None = None) -> AdroitEnv:
-    """``AdroitHand<Task>-v1`` with D4RL's horizon; with ``seed`` it is reset with it and its action space seeded."""
-    import gymnasium_robotics  # registers the envs; imported here so MuJoCo-only use never needs the package
-
-    gym.register_envs(gymnasium_robotics)
-    env = AdroitEnv(gym.make(env_id(task), max_episode_steps=HORIZONS[task]))
-    if seed is not None:
-        env.reset(seed=seed)
-        env.action_space.seed(seed)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------------- policies
@@ -378,7 +332,6 @@ def generate(dataset_id: str, out_dir: str | Path, data_dir: str | Path | None, 
     ``data_dir`` is the directory of the DAPG release; metadata records the dataset id, the recipe and budget,
     the generator and the gymnasium-robotics version.
     """
-    from opt_fast.data.generate import write_d4rl_hdf5
 
     name = parse_dataset_name(dataset_id)
     if data_dir is None:

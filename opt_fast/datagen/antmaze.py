@@ -1,21 +1,4 @@
-"""AntMaze with D4RL's conventions on gymnasium-robotics ``AntMaze_*-v4``, and D4RL's recipe to make its data.
-
-Environment (``/work/shared/paper/DATA.md``):
-
-- Observation: D4RL's 29 entries, the ant's x, y (``achieved_goal``) followed by the 27 proprioceptive entries
-  (``observation``: qpos[2:] and qvel); the goal is not observed, as in D4RL.
-- Task: D4RL's evaluation task per maze, a fixed start cell and goal cell (umaze (1,1) -> (3,1), medium
-  (1,1) -> (6,6), large (1,1) -> (7,9), row/column in the maze map); gymnasium-robotics adds uniform noise of
-  +-0.25 * cell size to both positions. Horizons: umaze 700 steps, medium and large 1000.
-- Reward and success as D4RL counts them: reward 1 when the ant's x, y is within ``GOAL_RADIUS`` = 0.5 of the goal
-  (gymnasium-robotics uses 0.45), and the episode ends there. An episode's return is therefore its success, and
-  the score is 100 x the success rate.
-- The maze frame is gymnasium-robotics' (centred, y up): D4RL's own ``antmaze-*-v2`` files load, but their maze is
-  the mirror image of this one, so only data made in this frame (Minari's ``D4RL/antmaze/*-v1``, or
-  :func:`generate`) matches the online env.
-
-Training rewards: the dataset's 0/1 rewards and the online rewards go through :func:`transform_reward`
-(``Config.antmaze_reward``: ``r - 1`` by default, CQL's ``4 (r - 0.5)``, Cal-QL's ``10 r - 5``).
+"""D4RL's recipe to make AntMaze data, on the envs of :mod:`opt_fast.envs.antmaze`.
 
 Data generation follows D4RL: a goal-reaching ant policy (SAC, trained here in an open arena on the egocentric
 goal direction, :func:`train_goal_reacher`, resumable) is steered by a BFS waypoint controller over the maze cells,
@@ -24,170 +7,22 @@ with N(0, 0.2) action noise, in 1000-step episodes whose rewards are relabelled 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig
 from opt_fast.agents.common import Batch
-from opt_fast.config import ANTMAZE_REWARDS
+from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig
+from opt_fast.data.d4rl import write_d4rl_hdf5
 from opt_fast.data.names import ANTMAZE_FAMILY, parse_dataset_name
+from opt_fast.envs.antmaze import EVAL_CELLS, GOAL_RADIUS, RECIPES, AntMazeD4RL, base_env, make_env, maze_map
 from opt_fast.io import load_torch, save_torch, write_json
 from opt_fast.progress import progress_bar
-
-GOAL_RADIUS = 0.5
-"""D4RL's success radius around the goal (metres)."""
-MAZES: dict[str, str] = {"umaze": "UMaze", "medium": "Medium", "large": "Large"}
-"""Maze -> gymnasium-robotics env name part (``AntMaze_<part>-v4``)."""
-HORIZONS: dict[str, int] = {"umaze": 700, "medium": 1000, "large": 1000}
-EVAL_CELLS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), "large": ((1, 1), (7, 9)),
-}
-"""D4RL's evaluation (start cell, goal cell) per maze, as (row, column) of the maze map."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a D4RL AntMaze dataset was collected (its file name's ``multistart`` / ``multigoal`` flags)."""
-
-    maze: str
-    multistart: bool
-    """Every episode starts in a random free cell (else the evaluation start cell)."""
-    multigoal: bool
-    """Every episode has a random free goal cell (else the evaluation goal cell)."""
-
-
-RECIPES: dict[str, Recipe] = {
-    "umaze": Recipe("umaze", False, False),
-    "umaze-diverse": Recipe("umaze", True, True),
-    "medium-play": Recipe("medium", True, False),
-    "medium-diverse": Recipe("medium", True, True),
-    "large-play": Recipe("large", True, False),
-    "large-diverse": Recipe("large", True, True),
-}
-
-
-def env_key(dataset_kind: str) -> str:
-    """The env of a dataset, named by its maze: ``umaze-diverse`` -> ``antmaze-umaze``."""
-    if dataset_kind not in RECIPES:
-        raise ValueError(f"unknown AntMaze dataset kind {dataset_kind!r}; valid kinds: {', '.join(RECIPES)}")
-    return f"{ANTMAZE_FAMILY}-{RECIPES[dataset_kind].maze}"
-
-
-def _maze_of(key: str) -> str:
-    maze = key.removeprefix(f"{ANTMAZE_FAMILY}-")
-    if maze not in MAZES:
-        raise ValueError(f"unknown AntMaze env {key!r}; valid envs: {', '.join(f'antmaze-{m}' for m in MAZES)}")
-    return maze
-
-
-def transform_reward(convention: str, reward: np.ndarray | float) -> np.ndarray | float:
-    """The training reward of a 0/1 success reward under a convention of ``Config.antmaze_reward``."""
-    if convention == "minus_one":
-        return reward - 1.0
-    if convention == "cql":
-        return 4.0 * (reward - 0.5)
-    if convention == "calql":
-        return 10.0 * reward - 5.0
-    if convention == "none":
-        return reward
-    raise ValueError(f"unknown AntMaze reward convention {convention!r}; valid: {', '.join(ANTMAZE_REWARDS)}")
-
-
-def flatten_observation(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """D4RL's AntMaze observation from a goal-env Dict observation: x, y (``achieved_goal``) then the 27
-    ``observation`` entries (batched arrays work too: the last axis is concatenated)."""
-    missing = [key for key in ("achieved_goal", "observation") if key not in obs]
-    if missing:
-        raise ValueError(f"a Dict observation needs keys 'achieved_goal' and 'observation' to be flattened as "
-                         f"D4RL's AntMaze observation; missing {missing} (keys: {sorted(obs)})")
-    return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
-
-
-def maze_map(maze: str, start: tuple[int, int] | None = None, goal: tuple[int, int] | None = None) -> list[list]:
-    """gymnasium-robotics' map of ``maze`` with the start (``r``) and goal (``g``) cells marked."""
-    from gymnasium_robotics.envs.maze import maps
-
-    layout = [list(row) for row in {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[maze]]
-    for cell, mark in ((start, "r"), (goal, "g")):
-        if cell is not None:
-            if layout[cell[0]][cell[1]] == 1:
-                raise ValueError(f"cell {cell} of the {maze} maze is a wall")
-            layout[cell[0]][cell[1]] = mark
-    return layout
-
-
-class AntMazeD4RL(gym.Wrapper):
-    """A gymnasium-robotics AntMaze env with D4RL's observation, reward and success (see the module docstring).
-
-    ``end_at_goal`` ends the episode on success (D4RL's evaluation); data collection keeps going.
-    """
-
-    def __init__(self, env: gym.Env, goal_radius: float = GOAL_RADIUS, end_at_goal: bool = True):
-        super().__init__(env)
-        self.goal_radius = goal_radius
-        self.end_at_goal = end_at_goal
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(29,), dtype=np.float64)
-
-    @property
-    def goal(self) -> np.ndarray:
-        return self.unwrapped.goal
-
-    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        return flatten_observation(obs), info
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, _, _, truncated, info = self.env.step(action)
-        success = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= self.goal_radius)
-        info["success"] = success
-        return flatten_observation(obs), float(success), success and self.end_at_goal, truncated, info
-
-    def task_state(self) -> dict[str, Any]:
-        """What a checkpoint needs besides physics: the goal and start, and the inner ant env's RNG."""
-        maze_env = self.unwrapped
-        return {"goal": maze_env.goal.copy(), "reset_pos": maze_env.reset_pos.copy(),
-                "ant_rng": maze_env.ant_env.np_random.bit_generator.state}
-
-    def set_task_state(self, state: dict[str, Any]) -> None:
-        maze_env = self.unwrapped
-        maze_env.goal, maze_env.reset_pos = state["goal"].copy(), state["reset_pos"].copy()
-        maze_env.update_target_site_pos()
-        maze_env.ant_env.np_random.bit_generator.state = state["ant_rng"]
-
-
-def _base_env(maze: str, layout: list[list], horizon: int) -> gym.Env:
-    import gymnasium_robotics  # registers the envs; imported here so MuJoCo-only use never needs the package
-
-    gym.register_envs(gymnasium_robotics)
-    with warnings.catch_warnings():
-        # v4 on purpose: Minari's D4RL/antmaze datasets were collected on it (gymnasium flags it as outdated).
-        warnings.filterwarnings("ignore", message=".*AntMaze_.*out of date", category=DeprecationWarning)
-        return gym.make(f"AntMaze_{MAZES[maze]}-v4", maze_map=layout, continuing_task=True, reset_target=False,
-                        max_episode_steps=horizon)
-
-
-def make_env(key: str, seed: int | None = None) -> AntMazeD4RL:
-    """D4RL's evaluation task of a maze (``antmaze-umaze``, ``antmaze-medium``, ``antmaze-large``)."""
-    maze = _maze_of(key)
-    start, goal = EVAL_CELLS[maze]
-    env = AntMazeD4RL(_base_env(maze, maze_map(maze, start, goal), HORIZONS[maze]))
-    if seed is not None:
-        env.reset(seed=seed)
-        env.action_space.seed(seed)
-    return env
-
-
-def gymnasium_robotics_version() -> str:
-    return importlib_metadata.version("gymnasium-robotics")
-
+from opt_fast.provenance import gymnasium_robotics_version
 
 # ----------------------------------------------------------------------------------------------- goal reaching
 def _yaw(quat: np.ndarray) -> float:
@@ -252,7 +87,7 @@ class _Arena:
         from gymnasium_robotics.envs.maze import maps
 
         layout = [list(row) for row in maps.OPEN]
-        self.env = AntMazeD4RL(_base_env("umaze", layout, steps), end_at_goal=False)
+        self.env = AntMazeD4RL(base_env("umaze", layout, steps), end_at_goal=False)
         self.maze = self.env.unwrapped.maze
         half_x = self.maze.map_width * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
         half_y = self.maze.map_length * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
@@ -428,7 +263,7 @@ def collect(kind: str, policy: Callable[[np.ndarray], np.ndarray], rows: int, se
     timeout on every episode's last row; ``infos/goal``, ``infos/qpos``, ``infos/qvel`` per row."""
     recipe = RECIPES[kind]
     start, goal = EVAL_CELLS[recipe.maze]
-    env = AntMazeD4RL(_base_env(recipe.maze, maze_map(recipe.maze), EPISODE_STEPS), end_at_goal=False)
+    env = AntMazeD4RL(base_env(recipe.maze, maze_map(recipe.maze), EPISODE_STEPS), end_at_goal=False)
     controller = WaypointController(env, policy)
     free_cells = np.argwhere(controller.free)
     rng = np.random.default_rng(seed)
@@ -467,7 +302,6 @@ def generate(dataset_id: str, out_dir: str | Path, seed: int = 0, budget: str = 
     ``<out_dir>/<D4RL file name>`` with the dataset's recipe; returns its path. Metadata records the recipe, the
     reacher's training steps and waypoint success rate, and the gymnasium-robotics version. A reacher that solves
     no umaze episode writes nothing (``ValueError``)."""
-    from opt_fast.data.generate import write_d4rl_hdf5
 
     name = parse_dataset_name(dataset_id)
     if name.family != ANTMAZE_FAMILY:

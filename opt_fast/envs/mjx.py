@@ -10,7 +10,7 @@ of all B envs is one compiled call, auto-reset included; observations reach torc
 copy when JAX and torch share the device. :class:`GymVecEnv` is its reference twin: the same API over
 ``gymnasium.vector.SyncVectorEnv`` of ``make_env`` envs. :func:`make_vec_env` picks one by ``backend``.
 
-Ant observations follow :mod:`opt_fast.envs`' ``ant_obs``: ``d4rl`` (27 entries and 84 zeros), ``plain`` (27)
+Ant observations follow :mod:`opt_fast.envs.locomotion`' ``ant_obs``: ``d4rl`` (27 entries and 84 zeros), ``plain`` (27)
 or ``contact`` (gymnasium's clipped ``cfrc_ext``: v5 78 entries without the world body, v4 all 84). On v5 the
 reward always charges the contact cost, on v4 only with ``contact``, as gymnasium does.
 
@@ -42,6 +42,7 @@ import torch
 from mujoco import mjx
 
 from opt_fast import envs
+from opt_fast.envs.locomotion import MAX_EPISODE_STEPS
 
 BACKENDS = ("gymnasium", "mjx")
 PRECISIONS = ("float32", "float64")
@@ -403,7 +404,7 @@ def _env_step(family: str, tail: str, model: mjx.Model, rules: _Rules, state: _S
               - spec.ctrl_cost_weight * jnp.sum(jnp.square(action)) - contact_cost)
     terminated = ~healthy
     steps = state.steps + 1
-    truncated = steps >= envs.MAX_EPISODE_STEPS
+    truncated = steps >= MAX_EPISODE_STEPS
     final_obs = _observe(family, tail, data.qpos, data.qvel, cfrc_ext)
 
     key, reset_key = jax.random.split(state.key)

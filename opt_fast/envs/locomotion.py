@@ -1,7 +1,7 @@
 """Gymnasium MuJoCo locomotion environments with D4RL's conventions.
 
 Every env runs 1000-step episodes; hitting the limit is reported as ``truncated``, never ``terminated``, so a
-time-limit cut bootstraps (OPT.md §8). Versions (``/work/shared/paper/DATA.md``, gymnasium 1.4):
+time-limit cut bootstraps (docs/method.md §8). Versions (gymnasium 1.4):
 
 - ``v5`` (default) stops paying the healthy reward on the terminating step, and Walker2d-v5 changed the foot
   friction: evaluate policies trained on D4RL walker2d data on ``v4``.
@@ -14,18 +14,11 @@ time-limit cut bootstraps (OPT.md §8). Versions (``/work/shared/paper/DATA.md``
     reward with contact cost; v5 (its default): 27 + 78 = 105, the world body's 6 entries left out.
   - ``plain``: the 27 entries alone.
 
-Adroit tasks (``pen``, ``door``, ``hammer``, ``relocate``) and AntMaze mazes (``antmaze-umaze``, ``antmaze-medium``,
-``antmaze-large``) are gymnasium-robotics envs made by :mod:`opt_fast.adroit` and :mod:`opt_fast.antmaze`;
-:func:`make_env` and :func:`env_dims` pass them there (``version`` and ``ant_obs`` do not apply to them).
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import gymnasium as gym
 import numpy as np
-
-from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
 
 MAX_EPISODE_STEPS = 1000
 """D4RL registers every MuJoCo locomotion env with a 1000-step limit."""
@@ -83,14 +76,6 @@ def make_env(family: str, version: str = "v5", seed: int | None = None, ant_obs:
     episodes (the next ``reset()`` without a seed continues that stream). ``ant_obs`` only matters for ant (see
     the module docstring). Unknown family, version or ``ant_obs`` raise ``ValueError`` listing the valid ones.
     """
-    if family in ADROIT_FAMILIES:
-        from opt_fast import adroit
-
-        return adroit.make_env(family, seed=seed)
-    if family.startswith(ANTMAZE_FAMILY):
-        from opt_fast import antmaze
-
-        return antmaze.make_env(family, seed=seed)
     _check(family, version, ant_obs)
     kwargs = _ant_kwargs(version, ant_obs) if family == "ant" else {}
     env = gym.make(env_id(family, version), max_episode_steps=MAX_EPISODE_STEPS, **kwargs)
@@ -101,13 +86,3 @@ def make_env(family: str, version: str = "v5", seed: int | None = None, ant_obs:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
-
-
-@lru_cache(maxsize=None)
-def env_dims(family: str, version: str = "v5", ant_obs: str = "d4rl") -> tuple[int, int]:
-    """(observation size, action size) of :func:`make_env`'s env, e.g. ``(11, 3)`` for hopper."""
-    env = make_env(family, version, ant_obs=ant_obs)
-    try:
-        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
-    finally:
-        env.close()

@@ -34,30 +34,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig, TanhGaussianActor
 from opt_fast.agents.common import Batch
-from opt_fast.data.d4rl import read_metadata
+from opt_fast.agents.sac import SAC, ReplayBuffer, SACConfig, TanhGaussianActor
+from opt_fast.data.d4rl import read_metadata, write_d4rl_hdf5
 from opt_fast.data.names import MUJOCO_FAMILIES, parse_dataset_name
 from opt_fast.data.scores import REF_SCORES, normalized_score
-from opt_fast.envs import env_dims, env_id, make_env
+from opt_fast.envs import env_dims
+from opt_fast.envs.locomotion import env_id, make_env
 from opt_fast.evaluation import evaluate
 from opt_fast.io import load_torch, read_json, save_torch, write_json
 from opt_fast.progress import PlainProgress, progress_bar
+from opt_fast.provenance import package_versions
 
 MEDIUM_FRACTION = 1.0 / 3.0
 """D4RL's medium policy: SAC stopped when it first reaches about 1/3 of the expert's return (REF_MAX)."""
@@ -407,16 +405,6 @@ class _SACRun:
 # --- files ------------------------------------------------------------------------------------------------------
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for package in ("opt-fast", "torch", "gymnasium", "mujoco", "numpy"):
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def _complete_episode_returns(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Returns of the episodes that end inside the arrays (by termination or time limit)."""
     ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
@@ -430,24 +418,6 @@ def _last_episode_end(arrays: dict[str, np.ndarray]) -> int:
     """Number of rows up to and including the last complete episode."""
     ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
     return int(ends[-1]) + 1 if len(ends) else 0
-
-
-def write_d4rl_hdf5(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write ``arrays`` and ``metadata/<key>`` datasets to a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as file:
-            for key, value in arrays.items():
-                file.create_dataset(key, data=value)
-            for key, value in meta.items():
-                file.create_dataset(f"metadata/{key}", data=value)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private; a dataset is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _summary(dataset_id: str, family: str, arrays: dict[str, np.ndarray]) -> tuple[dict[str, float], str]:
@@ -563,7 +533,7 @@ def generate(
         arrays, meta = _sac_dataset(run, dataset.kind, dataset.d4rl_id)
         meta["algorithm"] = "SAC"
     stats, line = _summary(dataset.d4rl_id, family, arrays)
-    versions = _package_versions()
+    versions = package_versions()
     meta.update(
         generator="opt-fast", generator_version=versions["opt-fast"], env_id=gym_id, env_version=env_version,
         dataset_id=dataset.d4rl_id, seed=seed, budget=plan.name, budget_settings=_budget_settings(plan),
