@@ -138,30 +138,29 @@ def stack_params(*mlps: EnsembleMLP) -> list[LayerParams]:
 
 
 class Critic(EnsembleMLP):
-    """An ensemble of Q-functions Q_j(s, a) (twin critics: 2 per seed); returns [E, B]."""
+    """An ensemble of Q-functions Q_j(s, a) (twin critics: 2 per seed) evaluated by ``backend``; returns [E, B]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, n_heads: int = 2, **kwargs):
+    def __init__(self, obs_dim: int, act_dim: int, n_heads: int = 2, backend: str = "torch", **kwargs):
         super().__init__(n_heads, obs_dim + act_dim, 1, **kwargs)
+        self.backend = backend
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return q_values(self.layer_params(), obs, action)
+        return q_values(self.layer_params(), obs, action, self.backend)
 
 
 CRITIC_BACKENDS = ("torch", "triton", "auto")
-_critic_backend = "torch"
 
 
-def use_critic_backend(name: str, device: torch.device | str) -> str:
-    """Select how critics are evaluated: ``torch`` (batched matmuls), ``triton`` (the fused kernels of ``kernels/``)
-    or ``auto`` (triton on CUDA, torch elsewhere). Returns the backend in use."""
-    global _critic_backend
+def resolve_critic_backend(name: str, device: torch.device | str) -> str:
+    """How critics are evaluated (``Config.critic_backend``): ``torch`` (batched matmuls), ``triton`` (the fused
+    kernels of ``kernels/``), or for ``auto`` triton on CUDA and torch elsewhere. Each agent resolves it once and
+    passes it to :func:`q_values`."""
     if name not in CRITIC_BACKENDS:
         raise ValueError(f"--critic-backend must be one of {CRITIC_BACKENDS}, got {name!r}")
     if name == "auto":
         name = "triton" if torch.device(device).type == "cuda" and _triton_available() else "torch"
     if name == "triton" and not _triton_available():
         raise ValueError("--critic-backend triton needs the triton package (pip install triton)")
-    _critic_backend = name
     return name
 
 
@@ -173,14 +172,15 @@ def _triton_available() -> bool:
     return True
 
 
-def q_values(params: Sequence[LayerParams], obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+def q_values(params: Sequence[LayerParams], obs: torch.Tensor, action: torch.Tensor,
+             backend: str = "torch") -> torch.Tensor:
     """Q-values of an ensemble (possibly stacked from several critics and seeds): [E, B]. ``obs`` and ``action``
-    are [B, w] (shared) or [S, B, w] (one batch per seed).
+    are [B, w] (shared) or [S, B, w] (one batch per seed); ``backend`` a resolved :func:`resolve_critic_backend`.
 
     The Triton kernels fuse the (obs, action) concatenation into the first layer; they have no LayerNorm, so
     critics with LayerNorm (SPOT on Adroit) always take the torch path.
     """
-    if _critic_backend == "triton" and params[0][2] is None:
+    if backend == "triton" and params[0][2] is None:
         from kernels import triton_q_values  # imported lazily: TRITON_INTERPRET must be set before (CPU tests)
 
         n_members = params[0][0].shape[0]

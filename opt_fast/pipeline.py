@@ -40,7 +40,6 @@ from opt_fast.envs.seed_envs import GymSeedEnvs
 from opt_fast.evaluation import episode_seed, evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl, load_torch, read_json, read_jsonl, save_torch, truncate_jsonl, write_json
 from opt_fast.metrics import WindowStats, open_sinks, run_step
-from opt_fast.networks import use_critic_backend
 from opt_fast.progress import PlainProgress, format_seconds, progress_bar
 from opt_fast.provenance import code_version, env_package_versions, machine_description
 from opt_fast.replay import ReplayBuffer
@@ -144,7 +143,6 @@ class Trainer:
         obs_dim, act_dim = envs.env_dims(env_name, config.env_version)
         check_env_compatible(dataset, obs_dim, act_dim)
 
-        use_critic_backend(config.critic_backend, self.device)
         # Each seed's networks start as a one-seed agent's built after torch.manual_seed(seed).
         self.agent = OPTAgent(obs_dim, act_dim, config, seeds=[c.seed for c in configs])
         if config.compile:

@@ -17,7 +17,8 @@ from torch import nn
 
 from opt_fast.agents.spot import SPOT
 from opt_fast.agents.common import Batch, compile_fullgraph
-from opt_fast.agents.td3 import TD3, first_heads, network_options, per_seed, seed_generators, td_losses, td_target
+from opt_fast.agents.td3 import (TD3, first_heads, network_options, per_seed, seed_generators, td_losses, td_target,
+                                 with_critic_backend)
 from opt_fast.config import Config, online_discount
 from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, q_values, stack_params
 
@@ -45,13 +46,13 @@ def meta_adaptation_loss(
     Returns (total, L_off, L_on at the adapted parameters), each per seed. The seeds' parameters are disjoint, so
     the gradient of the summed L_off is each seed's own inner gradient.
     """
-    loss_off = td_losses(params, off, y_off).sum(dim=-1)
+    loss_off = td_losses(params, off, y_off, config.critic_backend).sum(dim=-1)
     flat = [p for layer in params for p in layer if p is not None]
     grads = iter(torch.autograd.grad(loss_off.sum(), flat, create_graph=True))
     adapted = [
         tuple(None if p is None else p - config.meta_inner_lr * next(grads) for p in layer) for layer in params
     ]
-    loss_on = td_losses(adapted, on, y_on).sum(dim=-1)  # type: ignore[arg-type]
+    loss_on = td_losses(adapted, on, y_on, config.critic_backend).sum(dim=-1)  # type: ignore[arg-type]
     if config.meta_loss_weight == "ratio":
         weight = (torch.minimum(loss_off, loss_on) / loss_on).detach()
     else:
@@ -69,7 +70,7 @@ class OPTAgent:
     """
 
     def __init__(self, obs_dim: int, act_dim: int, config: Config, seeds: Sequence[int] | None = None):
-        self.config = config
+        self.config = config = with_critic_backend(config)
         # Every update after the offline phase (Q_on's pre-training, fine-tuning) uses the online discount.
         self.online_config = dataclasses.replace(config, gamma=online_discount(config))
         generators = seed_generators(seeds)
@@ -79,7 +80,7 @@ class OPTAgent:
         self.q_on: Critic | None = None
         if config.opt:
             # A new twin critic, randomly initialised, same architecture as Q_off (§2, phase 2b).
-            self.q_on = Critic(obs_dim, act_dim, n_heads=2,
+            self.q_on = Critic(obs_dim, act_dim, n_heads=2, backend=config.critic_backend,
                                **network_options(config, config.critic_init, generators)).to(device)
             self.q_on_target = copy.deepcopy(self.q_on).requires_grad_(False)
             self.q_on_opt = adam(self.q_on.parameters(), config.critic_lr)
@@ -116,13 +117,14 @@ class OPTAgent:
             if self.config.meta_adaptation:
                 total, loss_off, loss_on = meta_adaptation_loss(params, off, y_off, on, y_on, self.config)
             else:
-                loss_off = td_losses(params, off, y_off).sum(dim=-1)
-                loss_on = td_losses(params, on, y_on).sum(dim=-1)
+                loss_off = td_losses(params, off, y_off, self.config.critic_backend).sum(dim=-1)
+                loss_on = td_losses(params, on, y_on, self.config.critic_backend).sum(dim=-1)
                 total = loss_off + loss_on
             return {"loss": total, "loss_off": loss_off, "loss_on": loss_on}
         batch = off if off is not None else on
         assert batch is not None
-        loss = td_losses(params, batch, td_target(target_params, actor_target, batch, self.online_config)).sum(dim=-1)
+        loss = td_losses(params, batch, td_target(target_params, actor_target, batch, self.online_config),
+                         self.config.critic_backend).sum(dim=-1)
         return {"loss": loss}
 
     def pretrain_update(self, off: Batch | None, on: Batch | None, step: int) -> dict[str, torch.Tensor]:
@@ -161,7 +163,7 @@ class OPTAgent:
         target = td_target(
             stack_params(*self.target_critics()), self.backbone.actor_target, batch, self.online_config
         )
-        return td_losses(stack_params(*self.critics()), batch, target)
+        return td_losses(stack_params(*self.critics()), batch, target, self.config.critic_backend)
 
     def _finetune_actor_loss(self, obs: torch.Tensor, kappa: torch.Tensor, online_progress: torch.Tensor):
         """The backbone's online actor loss on Q_mix = (1 - kappa) Q_off_1 + kappa Q_on_1 (§3.3); per seed, with
@@ -172,7 +174,7 @@ class OPTAgent:
         q1_params = first_heads(stack_params(*self.critics()))
 
         def q_mix(actions: torch.Tensor) -> torch.Tensor:
-            q = per_seed(q_values(q1_params, obs, actions), obs)  # [(S,) Q_off_1 (and Q_on_1), B]
+            q = per_seed(q_values(q1_params, obs, actions, self.config.critic_backend), obs)  # [(S,) Q_off_1 (and Q_on_1), B]
             if self.q_on is None:
                 return q.select(-2, 0)
             mix = kappa.unsqueeze(-1)

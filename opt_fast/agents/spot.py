@@ -94,7 +94,9 @@ class SPOT(TD3):
 
     def _offline_actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
         q1_params = first_heads(self.critic.layer_params())
-        return self.actor_loss(obs, lambda actions: per_seed(q_values(q1_params, obs, actions), obs).select(-2, 0),
+        backend = self.config.critic_backend
+        return self.actor_loss(obs, lambda actions: per_seed(q_values(q1_params, obs, actions, backend),
+                                                             obs).select(-2, 0),
                                self.config.spot_lambda)
 
     def online_actor_loss(self, obs: torch.Tensor, q_mix: QFunction, online_progress: torch.Tensor) -> torch.Tensor:

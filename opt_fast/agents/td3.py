@@ -9,6 +9,7 @@ A batch is one seed's ([B, ...]) or S seeds' ([S, B, ...], seed-batched networks
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from opt_fast.agents.common import Batch, UpdateFn, compile_fullgraph, compiled_updates, eager_updates, optimize
 from opt_fast.config import Config
-from opt_fast.networks import Critic, DeterministicActor, LayerParams, adam, q_values
+from opt_fast.networks import Critic, DeterministicActor, LayerParams, adam, q_values, resolve_critic_backend
 
 
 QFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -54,24 +55,30 @@ def td_target(
     with torch.no_grad():
         noise = (torch.randn_like(batch.action) * config.policy_noise).clamp(-config.noise_clip, config.noise_clip)
         next_action = (target_actor(batch.next_obs) + noise).clamp(-1.0, 1.0)
-        next_q = per_seed(q_values(target_params, batch.next_obs, next_action), batch.obs)
+        next_q = per_seed(q_values(target_params, batch.next_obs, next_action, config.critic_backend), batch.obs)
         next_q = next_q.unflatten(-2, (-1, 2)).amin(dim=-2)
         return batch.reward.unsqueeze(-2) + config.gamma * (1.0 - batch.done.unsqueeze(-2)) * next_q
 
 
-def td_losses(params: Sequence[LayerParams], batch: Batch, target: torch.Tensor) -> torch.Tensor:
+def td_losses(params: Sequence[LayerParams], batch: Batch, target: torch.Tensor, backend: str = "torch") -> torch.Tensor:
     """L_TD = sum_{j=1,2} E[(Q_j(s, a) - y)^2] for each twin pair of the (stacked) ensemble: [(S,) n_twins]."""
-    q = per_seed(q_values(params, batch.obs, batch.action), batch.obs).unflatten(-2, (-1, 2))
+    q = per_seed(q_values(params, batch.obs, batch.action, backend), batch.obs).unflatten(-2, (-1, 2))
     return (q - target.unsqueeze(-2)).pow(2).mean(dim=-1).sum(dim=-1)
 
 
-def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], batch: Batch, alpha: float):
+def td3_bc_actor_loss(actor: nn.Module, critic_params: Sequence[LayerParams], batch: Batch, alpha: float,
+                      backend: str = "torch"):
     """TD3+BC: -lam E[Q_1(s, pi(s))] + E[(pi(s) - a)^2], lam = alpha / mean|Q_1| (no gradient through lam); per
     seed."""
     pi = actor(batch.obs)
-    q = per_seed(q_values(first_heads(critic_params), batch.obs, pi), batch.obs).select(-2, 0)
+    q = per_seed(q_values(first_heads(critic_params), batch.obs, pi, backend), batch.obs).select(-2, 0)
     lam = alpha / q.abs().mean(dim=-1).detach()
     return -lam * q.mean(dim=-1) + (pi - batch.action).pow(2).mean(dim=(-2, -1))
+
+
+def with_critic_backend(config: Config) -> Config:
+    """``config`` with its critic backend resolved for its device (``auto`` -> ``triton`` or ``torch``)."""
+    return dataclasses.replace(config, critic_backend=resolve_critic_backend(config.critic_backend, config.device))
 
 
 def network_options(config: Config, last_layer_init: float,
@@ -100,12 +107,12 @@ class TD3:
     """
 
     def __init__(self, obs_dim: int, act_dim: int, config: Config, generators: Sequence[torch.Generator | None] = (None,)):
-        self.config = config
+        self.config = config = with_critic_backend(config)
         self.device = torch.device(config.device)
         self.n_seeds = len(generators)
         self.actor = DeterministicActor(obs_dim, act_dim,
                                         **network_options(config, config.actor_init, generators)).to(self.device)
-        self.critic = Critic(obs_dim, act_dim, n_heads=2,
+        self.critic = Critic(obs_dim, act_dim, n_heads=2, backend=config.critic_backend,
                              **network_options(config, config.critic_init, generators)).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -131,10 +138,11 @@ class TD3:
 
     def _critic_loss(self, batch: Batch) -> torch.Tensor:
         target = td_target(self.critic_target.layer_params(), self.actor_target, batch, self.config)
-        return td_losses(self.critic.layer_params(), batch, target).sum(dim=-1)
+        return td_losses(self.critic.layer_params(), batch, target, self.config.critic_backend).sum(dim=-1)
 
     def _bc_actor_loss(self, batch: Batch) -> torch.Tensor:
-        return td3_bc_actor_loss(self.actor, self.critic.layer_params(), batch, self.config.bc_alpha)
+        return td3_bc_actor_loss(self.actor, self.critic.layer_params(), batch, self.config.bc_alpha,
+                                 self.config.critic_backend)
 
     def online_actor_loss(self, obs: torch.Tensor, q_mix: QFunction, online_progress: torch.Tensor) -> torch.Tensor:
         """TD3 online: -E[Q_mix(s, pi(s))], no BC term (§3.3); per seed. ``online_progress`` is unused by TD3."""
