@@ -2,7 +2,7 @@
 CPU implementation of this math that the installed stack offers (XLA fuses the whole update, elementwise work and
 Adam included).
 
-Written from the equations of ``/work/shared/paper/OPT.md`` §3 with opt_fast's layout (ensembles as batched weights
+Written from the equations of docs/method.md §3 with opt_fast's layout (ensembles as batched weights
 ``[E, in, out]``, twin critics stacked, Q_off and Q_on as one E = 4 ensemble) and nn.Linear's initialisation; no
 replay here: the benchmark hands both sides the same batches. Adam is written out (as torch's: bias-corrected, eps
 outside the square root). The first-order parts are checked against opt_fast in ``test_bench_jax.py``.

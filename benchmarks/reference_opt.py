@@ -1,7 +1,7 @@
 """Straightforward OPT fine-tuning and TD3+BC, written the way CORL-style single-file code does: the baseline
 that opt_fast's training throughput is measured against.
 
-Written from the equations of ``/work/shared/paper/OPT.md`` §3 with the same hyper-parameters (read from
+Written from the equations of docs/method.md §3 with the same hyper-parameters (read from
 :class:`opt_fast.config.Config`), so it computes the same algorithm, just not fused:
 
 - ``nn.Sequential`` MLPs; every critic is its own module with its own Adam (Q_off as two modules, Q_on as two);

@@ -1,6 +1,6 @@
 """Balanced-replay round on a 2M-row buffer: the native buffer against the numpy sum-tree.
 
-One round is what OPT's online phase does per update (OPT.md section 3.3): a stratified
+One round is what OPT's online phase does per update (docs/method.md §3.3): a stratified
 prioritized sample of 256 rows, then a priority update of those 256 rows. Both versions run in the
 same session, so the speedup compares like with like; the last test prints it and asserts the target.
 

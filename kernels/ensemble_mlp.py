@@ -33,7 +33,7 @@ shape functions and an autograd formula), so ``torch.compile`` sees each as one 
 The kernels run on CUDA. Elsewhere they only run under Triton's interpreter (numpy, slow), which is selected
 when the ``@triton.jit`` decorators execute: set ``TRITON_INTERPRET=1`` *before* this module is first imported.
 
-Higher-order gradients (OPT's meta-adaptation differentiates through an inner SGD step, OPT.md §3.2): when a
+Higher-order gradients (OPT's meta-adaptation differentiates through an inner SGD step, docs/method.md §3.2): when a
 backward pass runs with ``create_graph=True`` the gradients are recomputed with torch ops so that they carry
 a graph; an ordinary backward uses the Triton kernels.
 """

@@ -1,4 +1,4 @@
-"""Ablations of OPT (OPT.md §6) as sets of run configurations, and the label that names a run by what it changes.
+"""Ablations of OPT (docs/method.md §6) as sets of run configurations, and the label that names a run by what it changes.
 
 An :class:`AblationSpec` is datasets x seeds x variants, optionally crossed with a grid of N_tau (env steps collected
 before fine-tuning) and N_pretrain (updates of Q_on before fine-tuning). :func:`expand` turns it into resolved configs;

@@ -85,7 +85,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also send the metrics records (evaluations, and the training records of every "
                         "--log-every steps) to tensorboard (<run dir>/tensorboard) and/or wandb (offline, <run "
                         "dir>/wandb), comma-separated; off by default, each needs its package")
-    tuning = parser.add_argument_group("every other setting (defaults: the paper's values, OPT.md §4)")
+    tuning = parser.add_argument_group("every other setting (defaults: the paper's values, docs/method.md §4)")
     for f in dataclasses.fields(Config):
         if f.name in _SPECIAL:
             continue

@@ -1,4 +1,4 @@
-"""The run configuration: one typed dataclass, the paper's values as defaults (OPT.md §4), presets per dataset
+"""The run configuration: one typed dataclass, the paper's values as defaults (docs/method.md §4), presets per dataset
 family (§3.4) and budgets that scale the protocol down for small machines."""
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[s
 
 
 PHASES = ("offline", "collect", "pretrain", "finetune", "done")
-"""A run's phases in order (OPT.md §2); ``done`` once fine-tuning has ended."""
+"""A run's phases in order (docs/method.md §2); ``done`` once fine-tuning has ended."""
 
 ENV_BACKENDS = ("gymnasium", "mjx")
 MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
@@ -220,7 +220,7 @@ COLLECT_FIELDS = OFFLINE_FIELDS + (
 # sharing them start from the stored state of a longer pre-training of the same seed (``Trainer.pretrain_snapshots``).
 PRETRAIN_FIELDS = COLLECT_FIELDS + ("n_tau", "pretrain_data", "meta_adaptation", "meta_loss_weight", "meta_inner_lr")
 
-# Phase lengths per budget. `paper` is OPT.md §2; the reduced ones keep its proportions where they can: N_tau is
+# Phase lengths per budget. `paper` is docs/method.md §2; the reduced ones keep its proportions where they can: N_tau is
 # 8.3% of the online budget (the share of it that TD3 fine-tunes and OPT collects), and the critics get enough
 # updates to approach their value scale. With Polyak tau = 0.005 every 2 updates and gamma = 0.99 a critic's value
 # level closes on its fixed point at about (tau / 2)(1 - gamma) = 2.5e-5 per update: 1 - exp(-2.5e-5 N) of scale
@@ -261,7 +261,7 @@ SPOT_BUDGETS: dict[str, dict[str, int]] = {
                 eval_every=250, eval_episodes=5, checkpoint_every=1_000),
 }
 
-# kappa schedules (OPT.md §3.4), keyed by dataset kind: (start, end, ramp in env steps at the paper budget).
+# kappa schedules (docs/method.md §3.4), keyed by dataset kind: (start, end, ramp in env steps at the paper budget).
 # medium-expert and expert are not in the paper; they take medium's schedule (narrow, good-quality data, as
 # medium), stated in the README.
 KAPPA_PRESETS: dict[str, tuple[float, float, int]] = {

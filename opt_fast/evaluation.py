@@ -1,4 +1,4 @@
-"""Evaluation of the deterministic policy (OPT.md §5) and the value-estimation bias of the critics (§8)."""
+"""Evaluation of the deterministic policy (docs/method.md §5) and the value-estimation bias of the critics (§8)."""
 from __future__ import annotations
 
 import math

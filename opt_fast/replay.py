@@ -1,7 +1,7 @@
 """Prioritized replay buffer backed by the native sum-tree in ``opt_fast._replay``.
 
 The buffer holds the offline dataset (priority 1) and the online transitions (inserted at the
-maximum priority) of OPT's balanced replay (OPT.md section 3.3); sampling is proportional to
+maximum priority) of OPT's balanced replay (docs/method.md §3.3); sampling is proportional to
 priority, stratified over ``batch_size`` equal segments of the total mass as in Off2On.
 
 Input conversion: transition fields may be any real-valued array-like (float64 observations

@@ -1,4 +1,4 @@
-"""``opt-fast report``: a Markdown and an HTML page with PNG figures from run directories (OPT.md §5, §7).
+"""``opt-fast report``: a Markdown and an HTML page with PNG figures from run directories (docs/method.md §5, §7).
 
 For every dataset and method it shows
 
@@ -12,7 +12,7 @@ For every dataset and method it shows
   of the evaluation episodes) of Q_off and Q_on over training, and each N_tau x N_pretrain grid as a heat map.
 
 Every column of ours names its data source ("generated data, reduced budget (quick)", from each run's
-``summary.json``); the paper's numbers (OPT.md §7) sit beside them as "paper, D4RL". Only finished runs (with a
+``summary.json``); the paper's numbers (docs/method.md §7) sit beside them as "paper, D4RL". Only finished runs (with a
 ``summary.json``) are counted; unfinished ones are listed.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from opt_fast.data.names import parse_task
 from opt_fast.io import atomic_write, read_json, read_jsonl
 from opt_fast.metrics import evaluations
 
-# OPT.md §7: final normalised scores of the paper (D4RL data, its full budget; 10 seeds on MuJoCo).
+# docs/method.md §7: final normalised scores of the paper (D4RL data, its full budget; 10 seeds on MuJoCo).
 PAPER_SCORES: dict[str, dict[str, float]] = {
     "halfcheetah-random": {"TD3": 94.6, "TD3+OPT": 90.2},
     "hopper-random": {"TD3": 86.0, "TD3+OPT": 108.7},
@@ -407,7 +407,7 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
         f"run(s) ({len(runs) - len(finished)} unfinished, not counted).",
         "Score: D4RL-normalised return of the deterministic policy at the last evaluation (after fine-tuning). "
         "Our data: " + "; ".join(sources) + "." + (
-            f" Beside them: the paper's numbers (OPT.md §7), labelled [{PAPER_SOURCE}]: D4RL data, the paper's "
+            f" Beside them: the paper's numbers (docs/method.md §7), labelled [{PAPER_SOURCE}]: D4RL data, the paper's "
             "full budget, 10 seeds; n/r = not recovered (the paper gives only the sum)." if paper else ""),
         "Numbers on generated data or at a reduced budget measure the same methods under other conditions; they "
         "are not comparable one-to-one with the paper's.",
@@ -434,7 +434,7 @@ def build_report(paths: Iterable[Path], out: Path, paper: bool = True, bootstrap
 
 MECHANISM_HEADING = "Value-estimation bias at the end of online pre-training (the mechanism)"
 _MECHANISM_NOTE = (
-    "OPT's central question (OPT.md §1): at the end of online pre-training, before fine-tuning, how far are Q_off "
+    "OPT's central question (docs/method.md §1): at the end of online pre-training, before fine-tuning, how far are Q_off "
     "and the pre-trained Q_on from the Monte-Carlo return of the online policy's episodes (the frozen offline "
     "policy, deterministic, on the evaluation episodes)? Bias = Q_1(s_t, a_t) - discounted return, averaged over "
     "the steps whose return is reliable; mean ± 95% CI over seeds. Rows differ in how Q_on was pre-trained: "

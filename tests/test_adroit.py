@@ -85,7 +85,7 @@ def test_real_dapg_door_policy_reaches_the_expert_level():
     policy = adroit.GaussianMLPPolicy.from_npz(DAPG / adroit.policy_file("door"))
     env = adroit_env.make_env("door")
     episode = adroit.run_episode(env, lambda obs, t: policy.mean(obs), adroit_env.HORIZONS["door"], {"seed": 0})
-    assert episode["rewards"].sum() > 2500  # DATA.md: 3037 in gymnasium-robotics 1.4.2
+    assert episode["rewards"].sum() > 2500  # 3037 in gymnasium-robotics 1.4.2
 
 
 @needs_dapg

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from opt_fast import cli, pipeline
 from opt_fast import io as run_files
@@ -183,7 +184,6 @@ def test_bad_input_gets_one_line_naming_it(files, capsys, args, expected):
         assert part in line
 
 
-@pytest.mark.skipif(pipeline.torch.cuda.is_available(), reason="this machine has CUDA")
 def test_a_log_sink_without_its_package_is_named(files, capsys, monkeypatch):
     """``--log wandb`` where wandb is not installed: one line naming the package, before anything runs."""
     real_find_spec = importlib.util.find_spec
@@ -193,6 +193,7 @@ def test_a_log_sink_without_its_package_is_named(files, capsys, monkeypatch):
     assert not (files["root"] / "sinkless").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda(files, capsys):
     line = the_error(capsys, train(files, "--device", "cuda"))
     assert "--device cuda: CUDA is not available here" in line and "use --device cpu" in line

@@ -45,7 +45,7 @@ def test_phase_seconds_add_up_across_resumes(tmp_path, dataset, monkeypatch):  #
     """A clock that reads the offline step: the offline phase's seconds are its steps, however often it is
     interrupted, as long as the work since the last checkpoint is counted once per process that does it."""
     trainers = []
-    monkeypatch.setattr(pipeline, "perf_counter", lambda: float(trainers[-1].progress.offline_step))
+    monkeypatch.setattr(pipeline.state, "perf_counter", lambda: float(trainers[-1].progress.offline_step))
     config = tiny_config()
     trainers.append(open_run(config, tmp_path / "run", dataset, resume=False))
     original = pipeline.Trainer._periodic
@@ -83,7 +83,7 @@ def test_a_commit_killed_anywhere_leaves_the_old_or_the_new_state_complete(tmp_p
     straight = open_run(config, tmp_path / "straight", dataset, resume=False)
     straight.run()
     trainer = open_run(config, tmp_path / "cut", dataset, resume=False)
-    where = pipeline if function == "write_json" else os
+    where = pipeline.checkpoints if function == "write_json" else os
     real = getattr(where, function)
 
     def killed(first, second, *args, **kwargs):

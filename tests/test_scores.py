@@ -1,4 +1,4 @@
-"""D4RL normalised scores against hand-computed values from the reference table (DATA.md, d4rl/infos.py)."""
+"""D4RL normalised scores against hand-computed values from the reference table (d4rl/infos.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from opt_fast.data import DatasetName, normalized_score, reference_scores
 
-# (family, REF_MIN, REF_MAX) as written in /work/shared/paper/DATA.md.
+# (family, REF_MIN, REF_MAX) as written in D4RL (d4rl/infos.py).
 TABLE = [
     ("hopper", -20.272305, 3234.3),
     ("halfcheetah", -280.178953, 12135.0),

@@ -1,4 +1,4 @@
-"""OPT (OPT.md §3.2-§3.4) composed on a backbone (TD3, or SPOT with ``config.backbone``), and the online
+"""OPT (docs/method.md §3.2-§3.4) composed on a backbone (TD3, or SPOT with ``config.backbone``), and the online
 fine-tuning it shares with the baseline.
 
 With ``config.opt`` off this is the paper's "TD3" / "SPOT" baseline: the same balanced replay and fine-tuning

@@ -1,5 +1,5 @@
 """Soft actor-critic with automatic entropy tuning (Haarnoja et al., 2018, "Soft Actor-Critic Algorithms and
-Applications"): the algorithm D4RL's MuJoCo datasets came from (``/work/shared/paper/DATA.md``), used by
+Applications"): the algorithm D4RL's MuJoCo datasets came from, used by
 :mod:`opt_fast.datagen.mujoco` to regenerate them.
 
 Tanh-Gaussian actor and twin critics, MLP 256-256 ReLU; lr 3e-4, batch 256, gamma 0.99, tau 0.005, target

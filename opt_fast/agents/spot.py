@@ -1,4 +1,4 @@
-"""SPOT (Wu et al., 2022; OPT.md §3.1, §3.3, §4): the AntMaze and Adroit backbone.
+"""SPOT (Wu et al., 2022; docs/method.md §3.1, §3.3, §4): the AntMaze and Adroit backbone.
 
 SPOT is TD3 with a density constraint instead of TD3+BC's behaviour cloning: a conditional VAE of the
 behaviour policy is trained first (``vae_steps``), then the actor minimises

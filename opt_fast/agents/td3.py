@@ -1,4 +1,4 @@
-"""TD3 and TD3+BC (OPT.md §3, §3.1): the MuJoCo backbone.
+"""TD3 and TD3+BC (docs/method.md §3, §3.1): the MuJoCo backbone.
 
 The losses are functions of layer parameters so that the same code serves one critic, several critics stacked
 into one batched call (Q_off and Q_on), and the inner-stepped parameters of OPT's meta-adaptation.

@@ -1,6 +1,6 @@
 """D4RL-layout hdf5 files: loading, d4rl's ``qlearning_dataset`` transitions, and a summary for ``data info``.
 
-A file holds rows ``(s_i, a_i, r_i, done_i)`` with episodes laid end to end (``/work/shared/paper/DATA.md``).
+A file holds rows ``(s_i, a_i, r_i, done_i)`` with episodes laid end to end.
 Real D4RL downloads and files written by :mod:`opt_fast.datagen` share this layout; generated files carry
 ``metadata/generator`` and may name the D4RL dataset they reproduce in ``metadata/dataset``
 (e.g. ``hopper-medium-v2``) and the env they were made in in ``metadata/env_id`` (``Hopper-v5``).

@@ -1,7 +1,7 @@
 """Minari datasets (Farama-Foundation/Minari) as opt-fast transitions, read offline through the ``minari`` package.
 
 A dataset ``<namespace>/<env>/<name>-v<N>`` lives in ``$MINARI_DATASETS_PATH/<id>/data/`` (default root
-``~/.minari/datasets``) as ``main_data.hdf5`` and ``metadata.json`` (``/work/shared/paper/DATA.md``). Nothing is
+``~/.minari/datasets``) as ``main_data.hdf5`` and ``metadata.json``. Nothing is
 downloaded: a dataset that is not on disk raises an error saying where it was looked for.
 
 Transitions: each episode stores T + 1 observations for T steps, so every step has its own next observation

@@ -70,7 +70,7 @@ D4RL_FILES: dict[str, str] = _d4rl_files()
 
 def _d4rl_rows() -> dict[str, tuple[int, int]]:
     """D4RL id -> (fewest, most) rows its published file has: the sizes of D4RL's recipe
-    (``/work/shared/paper/DATA.md``) and of the files as Minari's D4RL conversions list them. Random, medium and
+    and of the files as Minari's D4RL conversions list them. Random, medium and
     expert (MuJoCo v2) and AntMaze v2 are 1M steps; medium-replay is the SAC run's replay buffer up to medium;
     medium-expert is medium cut at its last episode end (under 1000 rows lost) plus expert; Adroit v1 human is 25
     replayed demonstrations and expert 5000 episodes of 200 steps. Ids not listed (v0/v1 MuJoCo files, full-replay,

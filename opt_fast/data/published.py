@@ -5,7 +5,7 @@ Sources (carried over as numbers, nothing else):
   ``gym/data/download_d4rl_datasets.py``) on the official ``gym_mujoco_v2`` files, which counts the steps of
   finished trajectories (cut at terminals or timeouts) and their returns; it does not cover ``random``;
 - episodes: the TensorFlow Datasets catalog (``d4rl_mujoco_{hopper,walker2d,halfcheetah}``, configs ``v2-*``);
-- random's 1M rows: D4RL's recipe (``/work/shared/paper/DATA.md``: "random: 1M steps of a random policy").
+- random's 1M rows: D4RL's recipe (D4RL: "random: 1M steps of a random policy").
 Where no source gives a number it is None ("n/f" in tables). Episode counts depend on where a loader cuts episodes
 (TFDS keeps a trailing unfinished piece), and medium-replay's timeouts mark the ends of SAC's sampling blocks, so
 its "episodes" include short pieces.

@@ -1,4 +1,4 @@
-"""Regenerate D4RL's MuJoCo datasets with D4RL's own recipe (``/work/shared/paper/DATA.md``, "How D4RL made its
+"""Regenerate D4RL's MuJoCo datasets with D4RL's own recipe ("How D4RL made its
 data") on gymnasium's MuJoCo envs.
 
 One SAC run per (family, env version, seed, budget) serves every dataset of that family:
