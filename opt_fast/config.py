@@ -3,13 +3,17 @@ family (§3.4) and budgets that scale the protocol down for small machines."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY, parse_task
+from opt_fast.data.names import ADROIT_FAMILIES, ANTMAZE_FAMILY
 from opt_fast.data.scores import ANTMAZE_REWARDS
+
+if TYPE_CHECKING:
+    from opt_fast.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,13 @@ class Config:
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form annotations recorded with the run (never read by the trainer)."""
+
+    @functools.cached_property
+    def task(self) -> Task:
+        """``env`` parsed once (:class:`opt_fast.tasks.Task`): family, kind, data source and env factory."""
+        from opt_fast.tasks import resolve_task  # on use: a task knows the envs, which loading a config needs not
+
+        return resolve_task(self.env)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (tuples as lists), so a config equals itself read back from config.json."""
@@ -339,7 +350,7 @@ def validate(config: Config) -> None:
         raise ValueError(f"--kappa-ramp-from must be 'n_tau' or 'zero', got {config.kappa_ramp_from!r}")
     if config.env_backend not in ENV_BACKENDS:
         raise ValueError(f"--env-backend must be one of {', '.join(ENV_BACKENDS)}, got {config.env_backend!r}")
-    if config.env_backend == "mjx" and parse_task(config.env).family not in MJX_FAMILIES:
+    if config.env_backend == "mjx" and config.task.family not in MJX_FAMILIES:
         raise ValueError(f"--env-backend mjx simulates {', '.join(MJX_FAMILIES)}; {config.env} runs on "
                          "--env-backend gymnasium")
     if config.backbone not in ("td3", "spot"):

@@ -30,7 +30,6 @@ from scipy import stats
 
 from opt_fast.ablate import describe, grid_base, grid_family, method_name, setting_hash
 from opt_fast.config import PHASES, Config
-from opt_fast.data.names import parse_task
 from opt_fast.io import atomic_write, read_json, read_jsonl
 from opt_fast.metrics import evaluations
 
@@ -84,8 +83,7 @@ class Run:
     @property
     def dataset(self) -> str:
         """``family-kind`` (``hopper-medium-replay``): the paper's row name."""
-        task = parse_task(self.config.env)
-        return f"{task.family}-{task.kind}"
+        return f"{self.config.task.family}-{self.config.task.kind}"
 
     @property
     def source(self) -> str:

@@ -11,22 +11,19 @@ from typing import Any
 
 from opt_fast.config import DATA_BUDGET, Config, config_differences, resolve
 from opt_fast.datagen import generate_data
+from opt_fast.tasks import resolve_task
 
 
 def resolve_for(base: Config, overrides: dict[str, Any]) -> Config:
     """The run's config with the presets of its dataset (family and kind of ``--env``)."""
-    from opt_fast.data.names import parse_task
-
-    task = parse_task(overrides.get("env", base.env))
+    task = resolve_task(overrides.get("env", base.env))
     return resolve(base, overrides, task.kind, task.family)
 
 
 def run_dir_for(out: Path, config: Config, data_digest: str) -> Path:
     """A run's directory: named by its dataset, variant, budget and seed, then by the hash of its configuration and
     the content digest of its data (``OfflineDataset.content_digest``), so other data never continues a run."""
-    from opt_fast.data.names import parse_task
-
-    return out / parse_task(config.env).label / f"{_run_prefix(config)}-{config.digest()}-{data_digest[:12]}"
+    return out / config.task.label / f"{_run_prefix(config)}-{config.digest()}-{data_digest[:12]}"
 
 
 def _run_prefix(config: Config) -> str:
@@ -86,9 +83,10 @@ def load_training_data(config: Config, adroit_data: str | None = None, allow_env
     A --dataset whose file name or metadata says it holds another task family's data than --env's is refused
     unless ``allow_env_mismatch``: its scores would use the wrong references and its env the wrong dynamics."""
     from opt_fast.data.d4rl import load_dataset
-    from opt_fast.data.names import ANTMAZE_FAMILY, MinariName, parse_task
+    from opt_fast.data.names import ANTMAZE_FAMILY
 
-    name = parse_task(config.env)
+    task = config.task
+    name = task.name
     if config.dataset is not None:
         dataset = load_dataset(Path(config.dataset))
         if not allow_env_mismatch and dataset.family is not None and dataset.family != name.family:
@@ -97,10 +95,10 @@ def load_training_data(config: Config, adroit_data: str | None = None, allow_env
             raise ValueError(f"--dataset {config.dataset} holds {holds} data, but --env {config.env} is a "
                              f"{name.family} task; pass --allow-env-mismatch to train on it anyway")
         return dataset
-    if isinstance(name, MinariName):
+    if task.data_source == "minari":
         from opt_fast.data.minari import load_minari
 
-        return load_minari(name.dataset_id)
+        return load_minari(task.name.dataset_id)
     real = d4rl_file(name)
     if real is not None:
         return load_dataset(real)

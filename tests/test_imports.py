@@ -8,15 +8,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "opt_fast"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
+def imports_of(path: Path, modules: set[str], package_dir: Path = PACKAGE) -> set[str]:
     """The package modules that ``path`` imports anywhere in its body (relative imports resolved; ``from x import
     y`` counts as ``x.y`` where that is a module, else as ``x``)."""
-    name = module_name(path)
+    name = module_name(path, package_dir)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -39,10 +39,10 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {module_name(p) for p in paths}
-    return {module_name(p): imports_of(p, modules) for p in paths}
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    paths = sorted(package.rglob("*.py"))
+    modules = {module_name(p, package) for p in paths}
+    return {module_name(p, package): imports_of(p, modules, package) for p in paths}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -73,10 +73,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_graph_reader_sees_function_level_and_relative_imports(tmp_path):
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.sub import b\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text("def f():\n    from .. import c\n")
+    (package / "c.py").write_text("import pkg.a\n")
+    graph = import_graph(package)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert "opt_fast.config" in import_graph()["opt_fast.pipeline"]  # read from the real package
+    assert "opt_fast.config" in import_graph()["opt_fast.pipeline.trainer"]  # read from the real package
 
 
 def test_no_import_cycle():

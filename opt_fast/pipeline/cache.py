@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from opt_fast.config import (COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS)
+from opt_fast.config import COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS
 from opt_fast.io import append_jsonl, load_torch, read_jsonl, save_torch
 from opt_fast.pipeline.checkpoints import Checkpoints
 from opt_fast.pipeline.state import Progress, SeedRun

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from opt_fast.config import (PHASES, Config)
+from opt_fast.config import PHASES, Config
 from opt_fast.io import load_torch, read_json, save_torch, truncate_jsonl, write_json
 from opt_fast.pipeline.state import Progress, TrainerBase
 

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from opt_fast import runtime
-from opt_fast.config import (first_update_step, kappa, offline_phase_steps, online_discount)
+from opt_fast.config import first_update_step, kappa, offline_phase_steps, online_discount
 from opt_fast.envs.seed_envs import GymSeedEnvs
 from opt_fast.evaluation import evaluate, evaluate_seed_batch, summarize
 from opt_fast.io import append_jsonl

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 
-from opt_fast.config import (Config, config_differences)
+from opt_fast.config import Config, config_differences
 from opt_fast.data.d4rl import OfflineDataset
 from opt_fast.io import read_json, write_json
 from opt_fast.pipeline.trainer import Trainer

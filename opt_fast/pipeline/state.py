@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.config import (PHASES, Config)
+from opt_fast.config import PHASES, Config
 from opt_fast.data.d4rl import OfflineDataset
 from opt_fast.metrics import WindowStats
 from opt_fast.replay import ReplayBuffer

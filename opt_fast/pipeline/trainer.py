@@ -26,19 +26,19 @@ from tqdm import tqdm
 from opt_fast import envs, runtime
 from opt_fast.agents.common import Batch
 from opt_fast.agents.opt import OPTAgent
-from opt_fast.config import (PHASES, Config, kappa, offline_phase_steps)
+from opt_fast.config import PHASES, Config, kappa, offline_phase_steps
 from opt_fast.data.d4rl import OfflineDataset, check_env_compatible
-from opt_fast.data.names import ANTMAZE_FAMILY, parse_task
+from opt_fast.data.names import ANTMAZE_FAMILY
 from opt_fast.data.scores import reference_scores, transform_reward
-from opt_fast.envs.antmaze import env_key
 from opt_fast.envs.seed_envs import GymSeedEnvs
 from opt_fast.evaluation import episode_seed
 from opt_fast.io import write_json
 from opt_fast.metrics import WindowStats, open_sinks
-from opt_fast.progress import PlainProgress
 from opt_fast.pipeline.cache import PhaseCache
 from opt_fast.pipeline.records import Records
 from opt_fast.pipeline.state import SeedRun
+from opt_fast.progress import PlainProgress
+from opt_fast.tasks import Task
 
 
 class Trainer(Records, PhaseCache):
@@ -66,10 +66,8 @@ class Trainer(Records, PhaseCache):
         self.pretrain_snapshots = frozenset(pretrain_snapshots)
         self.dataset = dataset
         # The env (and score table) follow --env; a dataset given by path may carry no name of its own.
-        task = parse_task(config.env)
+        task = config.task
         self.family = task.family
-        # AntMaze has one env per maze (antmaze-umaze...), every other family one env.
-        env_name = env_key(task.kind) if self.family == ANTMAZE_FAMILY else self.family
         meta = dataset.metadata
         # Minari datasets may carry their own reference returns (the Minari loader prints which pair it chose).
         self.ref_scores = ((float(meta["ref_min_score"]), float(meta["ref_max_score"]))
@@ -84,8 +82,8 @@ class Trainer(Records, PhaseCache):
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
 
-        self.envs = make_seed_envs(env_name, configs)
-        obs_dim, act_dim = envs.env_dims(env_name, config.env_version)
+        self.envs = make_seed_envs(task, configs)
+        obs_dim, act_dim = envs.env_dims(task.env_name, config.env_version)
         check_env_compatible(dataset, obs_dim, act_dim)
 
         # Each seed's networks start as a one-seed agent's built after torch.manual_seed(seed).
@@ -99,7 +97,7 @@ class Trainer(Records, PhaseCache):
                    dataset.next_observations, dataset.terminals.astype(np.float32))
         self.runs = [SeedRun(c, d, offline, obs_dim, act_dim) for c, d in zip(configs, run_dirs)]
         # Evaluation: one gymnasium env per seed, or every seed's episodes in one MJX batch.
-        self.eval_envs = make_eval_envs(env_name, configs)
+        self.eval_envs = make_eval_envs(task, configs)
         self._clock: float | None = None  # perf_counter() at the last count of phase time (_count_time)
         # Training records (opt_fast.metrics): the updates' info since the last one, and where it started
         # (wall seconds, env steps, updates) for the throughput.
@@ -320,22 +318,22 @@ def check_seed_batch(configs: Sequence[Config]) -> None:
                          f"seed_batch={seeds}")
 
 
-def make_seed_envs(name: str, configs: Sequence[Config]):
+def make_seed_envs(task: Task, configs: Sequence[Config]):
     """The online envs of every seed: one MJX batch (``--env-backend mjx``) or one gymnasium env per seed."""
     config = configs[0]
     if config.env_backend == "mjx":
-        return _mjx_envs().MJXSeedEnvs(name, config.env_version, [c.seed for c in configs])
-    return GymSeedEnvs([envs.make_env(name, c.env_version, seed=c.seed) for c in configs])
+        return _mjx_envs().MJXSeedEnvs(task.env_name, config.env_version, [c.seed for c in configs])
+    return GymSeedEnvs([task.make_env(c.env_version, seed=c.seed) for c in configs])
 
 
-def make_eval_envs(name: str, configs: Sequence[Config]):
+def make_eval_envs(task: Task, configs: Sequence[Config]):
     """The evaluation envs: one gymnasium env per seed, or one MJX batch of every seed's evaluation episodes (each
     row reset with the seed its episode has in a gymnasium evaluation)."""
     config = configs[0]
     if config.env_backend == "mjx":
         rows = [episode_seed(c.seed, i) for c in configs for i in range(config.eval_episodes)]
-        return _mjx_envs().MJXSeedEnvs(name, config.env_version, rows)
-    return GymSeedEnvs([envs.make_env(name, c.env_version, seed=c.seed) for c in configs])
+        return _mjx_envs().MJXSeedEnvs(task.env_name, config.env_version, rows)
+    return GymSeedEnvs([task.make_env(c.env_version, seed=c.seed) for c in configs])
 
 
 def _mjx_envs():
