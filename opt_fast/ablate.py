@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opt_fast.runs import resolve_for
-from opt_fast.config import BUDGETS, Config
+from opt_fast.config import BUDGETS, Config, fields_with_role
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "opt": {},
@@ -234,7 +234,7 @@ def describe(config: Config) -> str:
 
 
 # Settings that do not change what an experiment measures (where and how fast it ran, free-form notes).
-_BOOKKEEPING = frozenset({"extra", "compile", "torch_threads", "log_every", "device", "critic_backend"})
+_BOOKKEEPING = frozenset(fields_with_role("bookkeeping", "execution"))
 
 
 def setting_hash(config: Config) -> str:

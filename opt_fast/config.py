@@ -37,132 +37,178 @@ class Range:
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
-NON_NEGATIVE = {"range": Range(0)}
-POSITIVE = {"range": Range(0, low_open=True)}
-UNIT_INTERVAL = {"range": Range(0, 1)}
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+UNIT_INTERVAL = Range(0, 1)
+
+PHASE_FIELDS_ORDER = ("offline", "collect", "pretrain", "finetune")
+ROLES = ("setting", "execution", "bookkeeping")
+
+
+def setting(default: Any = dataclasses.MISSING, *, phase: str | None, bounds: Range | None = None,
+            role: str = "setting", default_factory: Any = dataclasses.MISSING) -> Any:
+    """A Config field with what it is (its ``metadata``), from which the cache keys, the run's hash and validation
+    are derived rather than listed:
+
+    - ``phase``: the first phase whose result it determines. The fields of the offline phase are the key of the
+      offline cache (:data:`OFFLINE_FIELDS`); those up to ``collect`` and ``pretrain`` the keys of the stored
+      collection and pre-training prefixes; ``finetune`` = only the run's own end. None for bookkeeping.
+    - ``bounds``: the :class:`Range` of a numeric field (each entry's for a tuple), checked by :func:`validate`.
+    - ``role``: ``setting`` (what the run is), ``execution`` (where and how it runs: part of the run's hash, as it
+      moves the last bits of float rounding, but not of what an experiment measures,
+      :func:`opt_fast.ablate.setting_hash`) or ``bookkeeping`` (outside every hash and cache key).
+
+    The help text of ``--help`` is the docstring under the field.
+    """
+    if phase not in (*PHASE_FIELDS_ORDER, None) or (phase is None) != (role == "bookkeeping") or role not in ROLES:
+        raise ValueError(f"a Config field needs a phase unless it is bookkeeping; got phase={phase!r}, role={role!r}")
+    metadata: dict[str, Any] = {"phase": phase, "role": role}
+    if bounds is not None:
+        metadata["range"] = bounds
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 @dataclass
 class Config:
     # --- what to run -------------------------------------------------------------------------------------
-    env: str = "hopper-random"
+    env: str = setting("hopper-random", phase="offline")
     """Dataset name as D4RL spells it (``walker2d-medium-replay``, ``door-cloned``, ``antmaze-umaze``; version
     optional), or a local Minari dataset as ``minari:<id>`` (``minari:D4RL/door/human-v2``)."""
-    dataset: str | None = None
+    dataset: str | None = setting(None, phase="offline")
     """Explicit path to a D4RL-layout hdf5 file; otherwise ``$D4RL_DATASET_DIR`` then locally generated data."""
-    env_version: str = "v5"
+    env_version: str = setting("v5", phase="offline")
     """Gymnasium MuJoCo version of the online/evaluation env (v5 default; v4 selectable)."""
-    seed: int = field(default=0, metadata=NON_NEGATIVE)
-    seed_batch: tuple[int, ...] = field(default=(), metadata=NON_NEGATIVE)
+    seed: int = setting(0, phase="offline", bounds=NON_NEGATIVE)
+    """Random seed of the networks, the buffers' sampling, the exploration noise and the envs."""
+    seed_batch: tuple[int, ...] = setting((), phase="offline", bounds=NON_NEGATIVE)
     """The seeds trained with this one as a batch dimension in one process (``--seeds``), ``()`` for a run of its
     own. The batch shares one stream of torch noise, so a seed's result depends on its batch."""
-    budget: str = "quick"
+    budget: str = setting("quick", phase="finetune")
     """Protocol size: ``paper`` (1M offline + 300k online), ``study`` (the CPU study), ``quick`` (the default job,
     ~30 min on 2 cores), ``cpu`` (committed results/cpu-budget), ``smoke`` (tests)."""
-    opt: bool = True
+    opt: bool = setting(True, phase="collect")
     """OPT on; off gives the paper's baseline with the same backbone (TD3 or SPOT, same replay)."""
-    backbone: str = "td3"
+    backbone: str = setting("td3", phase="offline")
     """``td3`` (TD3+BC offline, TD3 online: MuJoCo) or ``spot`` (SPOT offline and online: AntMaze, Adroit)."""
-    compile: bool = False
+    compile: bool = setting(False, phase=None, role="bookkeeping")
     """Wrap the update steps in ``torch.compile`` (eager fallback with a message where it cannot compile)."""
-    device: str = "cpu"
-    critic_backend: str = "auto"
+    device: str = setting("cpu", phase="offline", role="execution")
+    """Torch device of the networks and updates: ``cpu``, ``cuda`` or ``cuda:<index>``."""
+    critic_backend: str = setting("auto", phase="collect", role="execution")
     """How critics are evaluated: ``torch``, ``triton`` (fused kernels) or ``auto`` (triton on CUDA)."""
-    env_backend: str = "gymnasium"
+    env_backend: str = setting("gymnasium", phase="offline")
     """Simulator of online collection and evaluation: ``gymnasium`` (MuJoCo's C engine, the reference) or ``mjx``
     (mujoco-mjx on JAX's default device; hopper, walker2d, halfcheetah, ant; ``pip install 'opt-fast[mjx]'``)."""
-    torch_threads: int = field(default=0, metadata=NON_NEGATIVE)
+    torch_threads: int = setting(0, phase=None, bounds=NON_NEGATIVE, role="bookkeeping")
     """``torch.set_num_threads``; 0 leaves PyTorch's default."""
 
     # --- phase lengths (§2) ------------------------------------------------------------------------------
-    offline_steps: int = field(default=1_000_000, metadata=POSITIVE)
+    offline_steps: int = setting(1_000_000, phase="offline", bounds=POSITIVE)
     """Phase 1: offline gradient steps."""
-    n_tau: int = field(default=25_000, metadata=NON_NEGATIVE)
+    n_tau: int = setting(25_000, phase="pretrain", bounds=NON_NEGATIVE)
     """Phase 2a: env steps collected with the frozen offline policy, no updates."""
-    n_pretrain: int = field(default=50_000, metadata=NON_NEGATIVE)
+    n_pretrain: int = setting(50_000, phase="finetune", bounds=NON_NEGATIVE)
     """Phase 2b: meta-adaptation updates of Q_on."""
-    online_steps: int = field(default=300_000, metadata=POSITIVE)
+    online_steps: int = setting(300_000, phase="collect", bounds=POSITIVE)
     """Total online env steps, the N_tau collection included."""
-    utd: int = field(default=5, metadata=POSITIVE)
+    utd: int = setting(5, phase="finetune", bounds=POSITIVE)
     """Updates per env step during fine-tuning (5 on MuJoCo)."""
-    eval_every: int = field(default=5_000, metadata=POSITIVE)
+    eval_every: int = setting(5_000, phase="offline", bounds=POSITIVE)
     """Evaluate every this many env steps online (and every this many gradient steps offline)."""
-    eval_episodes: int = field(default=10, metadata=POSITIVE)
-    checkpoint_every: int = field(default=50_000, metadata=POSITIVE)
+    eval_episodes: int = setting(10, phase="offline", bounds=POSITIVE)
+    """Episodes of the deterministic policy per evaluation (each with its own reset seed)."""
+    checkpoint_every: int = setting(50_000, phase="finetune", bounds=POSITIVE)
     """Checkpoint every this many offline gradient steps / online env steps (plus every phase boundary)."""
-    log_every: int = field(default=1_000, metadata=POSITIVE)
+    log_every: int = setting(1_000, phase=None, bounds=POSITIVE, role="bookkeeping")
     """Write a training record to metrics.jsonl (the updates' losses and priority statistics averaged since the last
     one, kappa, SPOT's lambda, env steps/s, updates/s, wall-clock seconds) every this many steps of the phase
     (gradient steps offline and in pre-training, env steps online) and at every phase end. Bookkeeping: outside the
     run's hash and the cache keys."""
 
     # --- TD3 / TD3+BC (§3, §4) --------------------------------------------------------------------------
-    hidden: tuple[int, ...] = field(default=(256, 256), metadata=POSITIVE)
-    actor_lr: float = field(default=3e-4, metadata=POSITIVE)
-    critic_lr: float = field(default=3e-4, metadata=POSITIVE)
-    batch_size: int = field(default=256, metadata=POSITIVE)
-    gamma: float = field(default=0.99, metadata=UNIT_INTERVAL)
-    tau: float = field(default=0.005, metadata=UNIT_INTERVAL)
-    policy_noise: float = field(default=0.2, metadata=NON_NEGATIVE)
-    noise_clip: float = field(default=0.5, metadata=NON_NEGATIVE)
-    policy_delay: int = field(default=2, metadata=POSITIVE)
-    exploration_noise: float = field(default=0.1, metadata=NON_NEGATIVE)
-    bc_alpha: float = field(default=2.5, metadata=NON_NEGATIVE)
+    hidden: tuple[int, ...] = setting((256, 256), phase="offline", bounds=POSITIVE)
+    """Hidden layer sizes of the actor, the critics and the density-ratio net."""
+    actor_lr: float = setting(3e-4, phase="offline", bounds=POSITIVE)
+    """Adam learning rate of the actor."""
+    critic_lr: float = setting(3e-4, phase="offline", bounds=POSITIVE)
+    """Adam learning rate of Q_off and Q_on."""
+    batch_size: int = setting(256, phase="offline", bounds=POSITIVE)
+    """Transitions per batch of every update (offline, online and balanced)."""
+    gamma: float = setting(0.99, phase="offline", bounds=UNIT_INTERVAL)
+    """Discount factor."""
+    tau: float = setting(0.005, phase="offline", bounds=UNIT_INTERVAL)
+    """Polyak rate of the target networks, applied every ``policy_delay`` updates."""
+    policy_noise: float = setting(0.2, phase="offline", bounds=NON_NEGATIVE)
+    """Std of the target-policy smoothing noise (TD3)."""
+    noise_clip: float = setting(0.5, phase="offline", bounds=NON_NEGATIVE)
+    """Clip of the target-policy smoothing noise (TD3)."""
+    policy_delay: int = setting(2, phase="offline", bounds=POSITIVE)
+    """Critic updates per actor update and target update (TD3's delay; also Q_on's targets in pre-training)."""
+    exploration_noise: float = setting(0.1, phase="collect", bounds=NON_NEGATIVE)
+    """Std of the Gaussian noise on the policy's actions online (collection and fine-tuning)."""
+    bc_alpha: float = setting(2.5, phase="offline", bounds=NON_NEGATIVE)
+    """TD3+BC's alpha: lambda = alpha / mean|Q| weighs the Q term against behaviour cloning offline."""
 
     # --- SPOT (§3.1, §3.3, §4) ---------------------------------------------------------------------------
-    spot_lambda: float = field(default=1.0, metadata=NON_NEGATIVE)
+    spot_lambda: float = setting(1.0, phase="offline", bounds=NON_NEGATIVE)
     """lam_spot, weight of the behaviour-VAE density penalty in SPOT's actor loss."""
-    spot_lambda_end: float = field(default=0.5, metadata=UNIT_INTERVAL)
+    spot_lambda_end: float = setting(0.5, phase="finetune", bounds=UNIT_INTERVAL)
     """Online cooling floor: lam_t = lam_spot * max(lam_end, 1 - t_online / T_online)."""
-    vae_steps: int = field(default=100_000, metadata=NON_NEGATIVE)
+    vae_steps: int = setting(100_000, phase="offline", bounds=NON_NEGATIVE)
     """Behaviour-VAE gradient steps at the start of the offline phase, before the actor and critic (SPOT)."""
-    vae_hidden: tuple[int, ...] = field(default=(750, 750), metadata=POSITIVE)
-    vae_lr: float = field(default=1e-3, metadata=POSITIVE)
-    vae_beta: float = field(default=0.5, metadata=NON_NEGATIVE)
+    vae_hidden: tuple[int, ...] = setting((750, 750), phase="offline", bounds=POSITIVE)
+    """Hidden layer sizes of SPOT's behaviour VAE (encoder and decoder)."""
+    vae_lr: float = setting(1e-3, phase="offline", bounds=POSITIVE)
+    """Adam learning rate of SPOT's behaviour VAE."""
+    vae_beta: float = setting(0.5, phase="offline", bounds=NON_NEGATIVE)
     """Weight of the KL term in the VAE's negative ELBO."""
-    layer_norm: bool = False
+    layer_norm: bool = setting(False, phase="offline")
     """LayerNorm after every hidden layer of the actor and the critics (SPOT on Adroit)."""
-    actor_init: float = field(default=0.0, metadata=NON_NEGATIVE)
+    actor_init: float = setting(0.0, phase="offline", bounds=NON_NEGATIVE)
     """Actor last layer drawn from U(-v, v) (SPOT: 1e-3); 0 keeps PyTorch's default initialisation."""
-    critic_init: float = field(default=0.0, metadata=NON_NEGATIVE)
+    critic_init: float = setting(0.0, phase="offline", bounds=NON_NEGATIVE)
     """Critics' last layer drawn from U(-v, v) (SPOT: 3e-3); 0 keeps PyTorch's default initialisation."""
-    online_gamma: float = field(default=0.0, metadata={"range": Range(0, 1, high_open=True)})
+    online_gamma: float = setting(0.0, phase="collect", bounds=Range(0, 1, high_open=True))
     """Discount after the offline phase, for Q_on's pre-training and fine-tuning (AntMaze 0.995); 0 keeps gamma."""
-    antmaze_reward: str = "minus_one"
+    antmaze_reward: str = setting("minus_one", phase="offline")
     """AntMaze training reward from the 0/1 success reward: ``minus_one`` r - 1 (IQL/SPOT/OPT), ``cql``
     4 (r - 0.5), ``calql`` 10 r - 5, ``none``; evaluation always counts the raw success."""
 
     # --- OPT online pre-training (§3.2) -----------------------------------------------------------------
-    meta_adaptation: bool = True
+    meta_adaptation: bool = setting(True, phase="pretrain")
     """Second-order meta-adaptation objective; off = plain L_off + L_on (an ablation of the paper)."""
-    meta_inner_lr: float = field(default=3e-4, metadata=POSITIVE)
-    meta_loss_weight: Literal["ratio", "one"] = "ratio"
+    meta_inner_lr: float = setting(3e-4, phase="pretrain", bounds=POSITIVE)
+    """alpha_in: step size of the inner SGD step of meta-adaptation (docs/method.md §3.2)."""
+    meta_loss_weight: Literal["ratio", "one"] = setting("ratio", phase="pretrain")
     """``ratio``: w = sg(min(L_off, L_on) / L_on) as the released code; ``one``: the paper's equation, w = 1."""
-    pretrain_data: Literal["both", "offline", "online"] = "both"
+    pretrain_data: Literal["both", "offline", "online"] = setting("both", phase="pretrain")
     """Data Q_on is pre-trained on (ablation: offline only / online only use plain TD on that buffer)."""
 
     # --- balanced replay (§3.3) --------------------------------------------------------------------------
-    density_lr: float = field(default=3e-4, metadata=POSITIVE)
-    replay_temperature: float = field(default=5.0, metadata=POSITIVE)
-    replay_ring: bool = False
+    density_lr: float = setting(3e-4, phase="finetune", bounds=POSITIVE)
+    """Adam learning rate of the density-ratio net of balanced replay."""
+    replay_temperature: float = setting(5.0, phase="finetune", bounds=POSITIVE)
+    """T of balanced replay's priorities w^(1/T) / mean_offline(w^(1/T)) (docs/method.md §3.3)."""
+    replay_ring: bool = setting(False, phase="collect")
     """Cap the fine-tuning replay at ``replay_ring_capacity`` as a ring (released code) instead of keeping
     every offline row (default)."""
-    replay_ring_capacity: int = field(default=1_000_000, metadata=POSITIVE)
+    replay_ring_capacity: int = setting(1_000_000, phase="collect", bounds=POSITIVE)
+    """Capacity of the fine-tuning replay with ``--replay-ring true`` (the released code's 1M)."""
 
     # --- kappa schedule (§3.4) ---------------------------------------------------------------------------
-    kappa_start: float = field(default=0.1, metadata=UNIT_INTERVAL)
+    kappa_start: float = setting(0.1, phase="finetune", bounds=UNIT_INTERVAL)
     """Weight on Q_on in the actor's objective at the start of the ramp."""
-    kappa_end: float = field(default=0.9, metadata=UNIT_INTERVAL)
+    kappa_end: float = setting(0.9, phase="finetune", bounds=UNIT_INTERVAL)
     """Weight on Q_on at the end of the ramp and after it."""
-    kappa_ramp_share: float = field(default=150_000 / 275_000, metadata=UNIT_INTERVAL)
+    kappa_ramp_share: float = setting(150_000 / 275_000, phase="finetune", bounds=UNIT_INTERVAL)
     """Length of the linear kappa ramp as a share of fine-tuning (from the first fine-tuning update to the end of
     the online budget): the paper's 150k of 275k steps, so every budget and every N_tau keeps the schedule's shape;
     0 = kappa_end from the first update."""
-    kappa_ramp_from: Literal["n_tau", "zero"] = "n_tau"
+    kappa_ramp_from: Literal["n_tau", "zero"] = setting("n_tau", phase="finetune")
     """``n_tau``: the ramp starts at the first fine-tuning update (N_tau, or later while B_on holds less than one
     batch), as the paper's N_tau = 25k >> 256 has it (default); ``zero``: it starts at env step 0."""
 
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = setting(phase=None, role="bookkeeping", default_factory=dict)
     """Free-form annotations recorded with the run (never read by the trainer)."""
 
     @functools.cached_property
@@ -191,7 +237,7 @@ class Config:
     def digest(self, fields: tuple[str, ...] | None = None) -> str:
         """A short stable hash of the given fields (all but bookkeeping ones by default)."""
         values = self.to_json()
-        keys = fields if fields is not None else sorted(set(values) - {"extra", "compile", "torch_threads", "log_every"})
+        keys = fields if fields is not None else sorted(set(values) - set(BOOKKEEPING_FIELDS))
         if not values["seed_batch"]:  # runs of their own keep the identity they had before seed batches existed
             keys = [k for k in keys if k != "seed_batch"]
         blob = json.dumps({k: values[k] for k in keys}, sort_keys=True)
@@ -211,25 +257,31 @@ ENV_BACKENDS = ("gymnasium", "mjx")
 MJX_FAMILIES = ("hopper", "walker2d", "halfcheetah", "ant")
 """The families ``opt_fast.envs.mjx`` simulates."""
 
+def fields_of(phase: str) -> tuple[str, ...]:
+    """The fields (sorted) that determine a run's state up to the end of ``phase`` (a field's ``phase`` metadata at
+    or before it), bookkeeping left out."""
+    last = PHASE_FIELDS_ORDER.index(phase)
+    return tuple(sorted(f.name for f in dataclasses.fields(Config)
+                        if f.metadata["phase"] is not None and PHASE_FIELDS_ORDER.index(f.metadata["phase"]) <= last))
+
+
+def fields_with_role(*roles: str) -> tuple[str, ...]:
+    return tuple(sorted(f.name for f in dataclasses.fields(Config) if f.metadata["role"] in roles))
+
+
 # Fields that determine the offline phase's result: runs sharing them share its checkpoint.
-OFFLINE_FIELDS = (
-    "env", "dataset", "env_version", "env_backend", "eval_every", "eval_episodes", "seed", "seed_batch",
-    "offline_steps", "hidden", "actor_lr", "critic_lr", "batch_size", "gamma", "tau",
-    "policy_noise", "noise_clip", "policy_delay", "bc_alpha", "device",
-    "backbone", "spot_lambda", "vae_steps", "vae_hidden", "vae_lr", "vae_beta", "layer_norm", "actor_init",
-    "critic_init", "antmaze_reward",
-)
+OFFLINE_FIELDS = fields_of("offline")
 
 # Fields that determine the collection phase's state at a given env step, whatever N_tau itself is: runs sharing
 # them branch from the stored prefix of a longer collection of the same seed (``Trainer.collect_snapshots``).
-COLLECT_FIELDS = OFFLINE_FIELDS + (
-    "opt", "env_version", "critic_backend", "exploration_noise", "online_steps", "online_gamma", "replay_ring",
-    "replay_ring_capacity", "eval_every", "eval_episodes",
-)
+COLLECT_FIELDS = fields_of("collect")
 
 # Fields that determine the run's state at a given step of Q_on's pre-training, whatever N_pretrain itself is: runs
 # sharing them start from the stored state of a longer pre-training of the same seed (``Trainer.pretrain_snapshots``).
-PRETRAIN_FIELDS = COLLECT_FIELDS + ("n_tau", "pretrain_data", "meta_adaptation", "meta_loss_weight", "meta_inner_lr")
+PRETRAIN_FIELDS = fields_of("pretrain")
+
+BOOKKEEPING_FIELDS = fields_with_role("bookkeeping")
+"""Outside the run's hash (:meth:`Config.digest`) and every cache key: where the numbers are reported, not what."""
 
 # Phase lengths per budget. `paper` is docs/method.md §2; the reduced ones keep its proportions where they can: N_tau is
 # 8.3% of the online budget (the share of it that TD3 fine-tunes and OPT collects), and the critics get enough

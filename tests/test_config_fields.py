@@ -1,0 +1,62 @@
+"""Config fields carry what they are (phase, role, bounds, help); the cache keys, the run's hash, an experiment's
+setting hash and ``--help`` are derived from it. The derived key sets equal the lists they replace, so every run
+directory and cache keeps its name."""
+import argparse
+import dataclasses
+import re
+
+from opt_fast import ablate, cli
+from opt_fast.config import (BOOKKEEPING_FIELDS, COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS, Config,
+                             resolve)
+
+# The hand-kept lists of before (opt-fast 0.1.0 at 7f0c2f7).
+OLD_OFFLINE = (
+    "env", "dataset", "env_version", "env_backend", "eval_every", "eval_episodes", "seed", "seed_batch",
+    "offline_steps", "hidden", "actor_lr", "critic_lr", "batch_size", "gamma", "tau",
+    "policy_noise", "noise_clip", "policy_delay", "bc_alpha", "device",
+    "backbone", "spot_lambda", "vae_steps", "vae_hidden", "vae_lr", "vae_beta", "layer_norm", "actor_init",
+    "critic_init", "antmaze_reward",
+)
+OLD_COLLECT = OLD_OFFLINE + (
+    "opt", "env_version", "critic_backend", "exploration_noise", "online_steps", "online_gamma", "replay_ring",
+    "replay_ring_capacity", "eval_every", "eval_episodes",
+)
+OLD_PRETRAIN = OLD_COLLECT + ("n_tau", "pretrain_data", "meta_adaptation", "meta_loss_weight", "meta_inner_lr")
+OLD_DIGEST_EXCLUDED = {"extra", "compile", "torch_threads", "log_every"}
+OLD_ABLATE_BOOKKEEPING = {"extra", "compile", "torch_threads", "log_every", "device", "critic_backend"}
+
+
+def test_derived_keys_equal_the_lists_they_replace():
+    assert set(OFFLINE_FIELDS) == set(OLD_OFFLINE)
+    assert set(COLLECT_FIELDS) == set(OLD_COLLECT)
+    assert set(PRETRAIN_FIELDS) == set(OLD_PRETRAIN)
+    assert set(BOOKKEEPING_FIELDS) == OLD_DIGEST_EXCLUDED
+    assert ablate._BOOKKEEPING == OLD_ABLATE_BOOKKEEPING
+
+
+def test_the_digests_are_the_ones_of_before():
+    """Hashes of a resolved config computed the old way (explicit lists) and the new way agree."""
+    config = resolve(Config(), {"env": "hopper-medium-replay", "budget": "smoke", "seed": 3}, "medium-replay",
+                     "hopper")
+    values = config.to_json()
+    assert config.digest() == config.digest(tuple(sorted(set(values) - OLD_DIGEST_EXCLUDED)))
+    for old, new in ((OLD_OFFLINE, OFFLINE_FIELDS), (OLD_COLLECT, COLLECT_FIELDS), (OLD_PRETRAIN, PRETRAIN_FIELDS)):
+        assert config.digest(old) == config.digest(new)
+
+
+def test_every_field_says_what_it_is():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["role"] in ("setting", "execution", "bookkeeping"), f.name
+        assert (f.metadata["phase"] is None) == (f.metadata["role"] == "bookkeeping"), f.name
+
+
+def test_every_option_of_train_has_help_beyond_its_default():
+    parser = argparse.ArgumentParser()
+    cli.add_train_arguments(parser)
+    docs = cli.field_docs()
+    assert set(docs) >= {f.name for f in dataclasses.fields(Config)}  # every field has a docstring
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        text = re.sub(r"\s*\(default [^)]*\)\s*$", "", action.help or "").strip()
+        assert text, f"{action.option_strings} has no help beyond its default"
