@@ -137,7 +137,9 @@ def expand(spec: AblationSpec) -> tuple[list[Config], list[str]]:
     base = check_overrides(spec.base, "settings of every run (--set, or base in a sweep file)")
     variants = {name: check_overrides(overrides, f"variant {name!r}") for name, overrides in spec.variants.items()}
     # Without a grid, each dataset keeps its own preset (the SPOT families' budgets differ from MuJoCo's).
-    cells = [(n_tau, n_pretrain) for n_tau in spec.n_tau or [None] for n_pretrain in spec.n_pretrain or [None]]
+    n_taus: list[int | None] = [*spec.n_tau] if spec.n_tau else [None]
+    n_pretrains: list[int | None] = [*spec.n_pretrain] if spec.n_pretrain else [None]
+    cells = [(n_tau, n_pretrain) for n_tau in n_taus for n_pretrain in n_pretrains]
     configs: dict[str, Config] = {}
     skipped: list[str] = []
 

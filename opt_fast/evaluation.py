@@ -117,7 +117,10 @@ def summarize(rollouts: Sequence[Episode], critics: Critics = (), gamma: float =
     """The mean/std return of the episodes and, for each named critic, the mean Q_1(s_t, a_t) over the visited steps
     with a reliable Monte-Carlo return, next to the mean of those returns (``<name>_q``, ``mc_return``,
     ``<name>_bias``)."""
-    episode_returns, all_obs, all_actions, all_mc = [], [], [], []
+    episode_returns: list[float] = []
+    all_obs: list[np.ndarray] = []
+    all_actions: list[np.ndarray] = []
+    all_mc: list[np.ndarray] = []
     for episode in rollouts:
         episode_returns.append(float(np.sum(episode.rewards)))
         keep = reliable_prefix(len(episode.rewards), episode.terminated, gamma)

@@ -111,7 +111,7 @@ def ensemble_forward(params: Sequence[LayerParams], x: torch.Tensor) -> torch.Te
     for i, (weight, bias, norm_weight, norm_bias) in enumerate(params):
         x = torch.baddbmm(bias, x, weight)
         if i < len(params) - 1:
-            if norm_weight is not None:
+            if norm_weight is not None and norm_bias is not None:
                 x = F.layer_norm(x, x.shape[-1:]) * norm_weight + norm_bias
             # In place: nothing else holds the pre-activation (baddbmm's backward needs only its inputs).
             x = F.relu(x, inplace=True)

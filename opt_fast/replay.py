@@ -253,10 +253,11 @@ class ReplayBuffer:
                 raise ValueError(f"replay buffer state has {key}={state[key]!r} but this buffer has {key}={mine!r}")
         if not isinstance(state["rng_state"], str):
             raise TypeError(f"replay buffer state rng_state must be a str, got {type(state['rng_state']).__name__}")
+        obs, action, reward, next_obs, done = (_rows(key, state[key]) for key in _ROW_KEYS[:-1])
         self._native.load_state(
             _as_int("next_index", state["next_index"], 0),
             float(state["max_priority"]),
-            *(_rows(key, state[key]) for key in _ROW_KEYS[:-1]),
+            obs, action, reward, next_obs, done,
             _as_array("priority", state["priority"], np.float64, "iuf"),
             state["rng_state"],
         )

@@ -503,18 +503,20 @@ _DATA_FIELDS = ("generator", "budget", "seed", "env_id", "medium_target_reached"
                 "gymnasium_robotics")
 
 
-def _provenance(finished: list[Run], command: str | None) -> list[Table | str]:
+def _provenance(finished: list[Run], command: str | None) -> list[Table | str | Path]:
     """How the numbers were made, from the runs' own records: command, code, packages, machine, protocol sizes,
     seeds, data files and wall time."""
+    summaries = {run.path: run.summary or {} for run in finished}  # finished runs have one
+
     def distinct(key: str) -> str:
-        values = sorted({str(run.summary.get(key, "not recorded")) for run in finished})
+        values = sorted({str(summaries[run.path].get(key, "not recorded")) for run in finished})
         return "; ".join(values)
 
-    items: list[Table | str] = []
+    items: list[Table | str | Path] = []
     if command:
         items.append(f"Report command: `{command}`")
     packages = sorted({f"{name} {version}" for run in finished
-                       for name, version in run.summary.get("env_packages", {}).items()})
+                       for name, version in summaries[run.path].get("env_packages", {}).items()})
     items += [
         f"Code: {distinct('code')}",
         f"Packages: torch {distinct('torch')}; " + "; ".join(packages),
@@ -526,16 +528,16 @@ def _provenance(finished: list[Run], command: str | None) -> list[Table | str]:
     items.append(Table([*_PROTOCOL_FIELDS, "budget"], [list(p) for p in protocols]))
     data_rows = {}
     for run in finished:
-        meta = run.summary.get("dataset_metadata", {})
-        data_rows[run.summary.get("dataset_path", run.dataset)] = [
-            run.summary.get("dataset_path", "not recorded"), run.summary["data_source"],
+        meta = summaries[run.path].get("dataset_metadata", {})
+        data_rows[summaries[run.path].get("dataset_path", run.dataset)] = [
+            summaries[run.path].get("dataset_path", "not recorded"), summaries[run.path]["data_source"],
             ", ".join(f"{key}={meta[key]}" for key in _DATA_FIELDS if key in meta)]
     items.append(Table(["data file", "source", "metadata"], [data_rows[key] for key in sorted(data_rows)]))
     seconds: dict[str, dict[str, list[float]]] = {}
     for run in finished:
         # A seed batch's phases took their time for all its seeds together: each seed's share is the time / S.
-        batch_size = len(run.summary.get("seed_batch") or [run.summary["seed"]])
-        for phase, value in run.summary.get("phase_seconds", {}).items():
+        batch_size = len(summaries[run.path].get("seed_batch") or [summaries[run.path]["seed"]])
+        for phase, value in summaries[run.path].get("phase_seconds", {}).items():
             seconds.setdefault(method_name(run.config), {}).setdefault(phase, []).append(value / batch_size)
     phases = ("offline", "collect", "pretrain", "finetune")
     items.append("Wall time per run and phase, seconds (mean over runs; a run that took its offline phase from the "
@@ -595,12 +597,12 @@ def _curves(dataset: str, runs: list[Run], column_of: dict[Path, str],
     for run in runs:
         by_column.setdefault(column_of[run.path], []).append(run)
     by_column = dict(sorted(by_column.items()))
-    scores = _curve_figure(by_column, [("score", "-", "")],
+    steps = _curve_figure(by_column, [("score", "-", "")],
                            f"{dataset}: normalised score of the deterministic policy (mean, 95% CI over seeds)",
                            "normalised score", figures_dir / f"curves-{dataset}.png")
     wall = _wall_clock_figure(by_column, f"{dataset}: normalised score against wall-clock time (each run)",
                               figures_dir / f"wall-clock-{dataset}.png")
-    scores = [scores] + ([] if wall is None else [wall])
+    scores = [steps] + ([] if wall is None else [wall])
     if not any("q_off_bias" in record for run in runs for record in run.metrics):
         return scores, (f"{dataset}: no value-estimation bias. Every evaluation episode was cut by the time limit "
                         "before the Monte-Carlo return of any of its steps became reliable (it needs "

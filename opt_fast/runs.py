@@ -83,7 +83,7 @@ def load_training_data(config: Config, adroit_data: str | None = None, allow_env
     A --dataset whose file name or metadata says it holds another task family's data than --env's is refused
     unless ``allow_env_mismatch``: its scores would use the wrong references and its env the wrong dynamics."""
     from opt_fast.data.d4rl import load_dataset
-    from opt_fast.data.names import ANTMAZE_FAMILY
+    from opt_fast.data.names import ANTMAZE_FAMILY, DatasetName, MinariName
 
     task = config.task
     name = task.name
@@ -98,7 +98,9 @@ def load_training_data(config: Config, adroit_data: str | None = None, allow_env
     if task.data_source == "minari":
         from opt_fast.data.minari import load_minari
 
-        return load_minari(task.name.dataset_id)
+        assert isinstance(name, MinariName)
+        return load_minari(name.dataset_id)
+    assert isinstance(name, DatasetName)
     real = d4rl_file(name)
     if real is not None:
         return load_dataset(real)

@@ -241,6 +241,7 @@ def run_task(task: Task, out: str, threads: int = 0) -> dict[str, Any]:
         if (run_dir / "summary.json").exists():
             return read_json(run_dir / "summary.json")
         dataset = load_training_data(task.config)
+        assert task.data_digest is not None  # a task that runs was planned with its data on disk
         if dataset.content_digest != task.data_digest:
             raise ValueError(f"{dataset.path} changed since the sweep was planned (its content digest is "
                              f"{dataset.content_digest[:12]}, planned {task.data_digest[:12]}); run the sweep again")
@@ -366,7 +367,8 @@ def run_ray(groups: list[Group], out: Path, address: str, retries: int = 3) -> d
     try:
         remote = ray.remote(num_cpus=1, max_retries=retries)(run_task)
         return _drive(groups, out, lambda task: remote.remote(task, str(out), 1),
-                      lambda handles: ray.wait(handles, num_returns=1)[0], ray.get, lost=())
+                      lambda handles: ray.wait(handles, num_returns=1)[0],
+                      ray.get, lost=())  # type: ignore[arg-type]  # ray.get's overloads take the ObjectRefs it gets
     finally:
         ray.shutdown()
 

@@ -120,10 +120,11 @@ def compiled_updates() -> UpdateFn:
     def apply(optimizers: Sequence[torch.optim.Optimizer], polyak: Sequence[tuple[nn.Module, nn.Module]] = (),
               tau: float = 0.0) -> None:
         groups = [_adam_group(optimizer) for optimizer in optimizers]
-        if any(group is None for group in groups):
+        ready = [group for group in groups if group is not None]
+        if len(ready) < len(groups):
             eager_updates(optimizers, polyak, tau)
             return
-        for group in groups:
+        for group in ready:
             adam_kernel(*group)
         if polyak:
             lerp_kernel([p for target, _ in polyak for p in target.parameters()],

@@ -248,7 +248,8 @@ class OPTAgent:
 
     def seed_state_dicts(self) -> list[dict[str, dict]]:
         """Each seed's networks and optimizer states, in a one-seed agent's format (its checkpoint)."""
-        state = {name: obj.state_dict() for name, obj in {**self.modules(), **self.optimizers()}.items()}
+        objects: dict[str, nn.Module | torch.optim.Optimizer] = {**self.modules(), **self.optimizers()}
+        state = {name: obj.state_dict() for name, obj in objects.items()}
         return split_seeds(state, self.n_seeds)
 
     def load_backbone_seed_states(self, states: Sequence[dict[str, dict]]) -> None:
@@ -276,11 +277,11 @@ def split_seeds(state: Any, n_seeds: int) -> list[Any]:
     ensemble dimension is cut along it (copies, so a seed's checkpoint holds only its own part); scalars (Adam's
     step count, equal for seeds that step together) and settings are the same for every seed."""
     if isinstance(state, dict):
-        parts = {key: split_seeds(value, n_seeds) for key, value in state.items()}
-        return [{key: value[i] for key, value in parts.items()} for i in range(n_seeds)]
+        by_key = {key: split_seeds(value, n_seeds) for key, value in state.items()}
+        return [{key: value[i] for key, value in by_key.items()} for i in range(n_seeds)]
     if isinstance(state, list):
-        parts = [split_seeds(value, n_seeds) for value in state]
-        return [[value[i] for value in parts] for i in range(n_seeds)]
+        entries = [split_seeds(value, n_seeds) for value in state]
+        return [[value[i] for value in entries] for i in range(n_seeds)]
     if isinstance(state, torch.Tensor) and state.dim() > 0:
         return [chunk.clone() for chunk in state.chunk(n_seeds)]
     return [state] * n_seeds

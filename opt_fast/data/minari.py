@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def minari_info(dataset_id: str) -> dict[str, Any]:
         terminals += int(terminations.sum())
         dims = (observations.shape[1], actions.shape[1])
 
-    def stats(values: list[float]) -> dict[str, float]:
+    def stats(values: Sequence[float]) -> dict[str, float]:
         array = np.asarray(values, dtype=np.float64)
         return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
                 "max": float(array.max())}

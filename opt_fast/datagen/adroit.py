@@ -138,7 +138,7 @@ class Episodes:
 
 def _state_row(env: gym.Env) -> dict[str, np.ndarray]:
     return {f"infos/{key}": np.asarray(value, dtype=np.float64)
-            for key, value in env.unwrapped.get_env_state().items()}
+            for key, value in env.unwrapped.get_env_state().items()}  # type: ignore[attr-defined]
 
 
 def run_episode(env: gym.Env, policy: Callable[[np.ndarray, int], np.ndarray], steps: int,
@@ -222,7 +222,9 @@ def replay_demos(demos: Demos) -> Episodes:
     for i, actions in enumerate(demos.episode_actions()):
         state = {"qpos": demos.init_qpos[i], "qvel": demos.init_qvel[i], "door_body_pos": demos.init_door_body_pos[i]}
         reset = {"seed": i, "options": {"initial_state_dict": state}}
-        out.add(run_episode(env.env, lambda obs, t, actions=actions: actions[t], len(actions), reset))
+        # The default binds this episode's actions (mypy cannot type such a lambda).
+        out.add(run_episode(env.env, lambda obs, t, actions=actions: actions[t],  # type: ignore[misc]
+                            len(actions), reset))
     env.close()
     return out
 

@@ -88,12 +88,12 @@ class _Arena:
 
         layout = [list(row) for row in maps.OPEN]
         self.env = AntMazeD4RL(base_env("umaze", layout, steps), end_at_goal=False)
-        self.maze = self.env.unwrapped.maze
+        self.maze = self.env.unwrapped.maze  # type: ignore[attr-defined]  # a gymnasium-robotics maze env
         half_x = self.maze.map_width * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
         half_y = self.maze.map_length * self.maze.maze_size_scaling / 2 - self.maze.maze_size_scaling - _ARENA_MARGIN
         self.bounds = np.array([half_x, half_y])
         self.steps = steps
-        self.dt = self.env.unwrapped.ant_env.dt
+        self.dt = self.env.unwrapped.ant_env.dt  # type: ignore[attr-defined]
 
     def new_target(self, xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         while True:
@@ -129,12 +129,12 @@ class WaypointController:
     over free cells) towards the goal's cell, and to the goal itself once in that cell."""
 
     def __init__(self, env: AntMazeD4RL, policy: Callable[[np.ndarray], np.ndarray]):
-        self.maze = env.unwrapped.maze
+        self.maze = env.unwrapped.maze  # type: ignore[attr-defined]
         self.free = np.array([[cell != 1 for cell in row] for row in self.maze.maze_map])
         self.policy = policy
-        self._distances: dict[tuple[int, int], np.ndarray] = {}
+        self._distances: dict[tuple[int, ...], np.ndarray] = {}
 
-    def _distance_to(self, goal_cell: tuple[int, int]) -> np.ndarray:
+    def _distance_to(self, goal_cell: tuple[int, ...]) -> np.ndarray:
         if goal_cell not in self._distances:
             distance = np.full(self.free.shape, np.inf)
             distance[goal_cell] = 0
@@ -186,7 +186,7 @@ def train_goal_reacher(out_dir: str | Path, seed: int = 0, budget: str | Reacher
     # Room for every step: the last episode may run past ``total``, and a ring would overwrite early rows.
     buffer = ReplayBuffer(total + sizes.episode_steps, 29, 8, seed=seed + 1)
     rng, random_actions = np.random.default_rng(seed), np.random.default_rng(seed + 2)
-    progress = {"steps": 0, "episodes": 0, "returns": []}
+    progress: dict[str, Any] = {"steps": 0, "episodes": 0, "returns": []}
     if checkpoint.exists():
         state = load_torch(checkpoint)
         sac.load_state_dict(state["sac"])
@@ -277,7 +277,7 @@ def collect(kind: str, policy: Callable[[np.ndarray], np.ndarray], rows: int, se
             obs, _ = env.reset(seed=seed * 1_000_003 + episode, options=options)
             for _ in range(min(EPISODE_STEPS, rows - len(columns["rewards"]))):
                 action = np.clip(controller.act(obs, env.goal) + rng.normal(0.0, ACTION_NOISE, 8), -1.0, 1.0)
-                data = env.unwrapped.data
+                data = env.unwrapped.data  # type: ignore[attr-defined]  # a MuJoCo env
                 columns["observations"].append(obs)
                 columns["actions"].append(action)
                 columns["infos/goal"].append(env.goal.copy())

@@ -160,7 +160,7 @@ class _Rows:
     def full(self) -> bool:
         return len(self.replay) == self.replay.capacity
 
-    def add(self, obs: np.ndarray, action: np.ndarray, log_prob: float, reward: float, next_obs: np.ndarray,
+    def add(self, obs: np.ndarray, action: np.ndarray, log_prob: float | np.ndarray, reward: float, next_obs: np.ndarray,
             terminated: bool, truncated: bool, qpos: np.ndarray, qvel: np.ndarray) -> None:
         i = len(self.replay)  # the replay never wraps: its capacity is the number of rows wanted
         self.replay.add(obs, action, reward, next_obs, terminated)
@@ -199,24 +199,24 @@ class _Rows:
 
 def _new_rows(env: gym.Env, capacity: int, seed: int) -> _Rows:
     """Empty rows sized for ``env``'s observations, actions and MuJoCo state."""
-    sim = env.unwrapped.data
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    sim = env.unwrapped.data  # type: ignore[attr-defined]  # a MuJoCo env
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]  # type: ignore[index]  # Boxes
     return _Rows(capacity, obs_dim, act_dim, sim.qpos.size, sim.qvel.size, seed)
 
 
-Policy = Callable[[np.ndarray], tuple[np.ndarray, float]]
+Policy = Callable[[np.ndarray], tuple[np.ndarray, float | np.ndarray]]
 """observation -> (action, log-probability of the action)."""
 
 
 def _run_episode(env: gym.Env, rows: _Rows, policy: Policy, reset_seed: int, after_step: Callable[[], None]) -> None:
     """Roll out one episode into ``rows`` until it ends or ``rows`` is full."""
     obs, _ = env.reset(seed=reset_seed)
-    sim = env.unwrapped.data
+    sim = env.unwrapped.data  # type: ignore[attr-defined]  # a MuJoCo env
     while not rows.full:
         action, log_prob = policy(obs)
         qpos, qvel = sim.qpos.copy(), sim.qvel.copy()  # D4RL's infos describe s_i, the state the action is taken in
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        rows.add(obs, action, log_prob, reward, next_obs, terminated, truncated, qpos, qvel)
+        rows.add(obs, action, log_prob, float(reward), next_obs, terminated, truncated, qpos, qvel)
         after_step()
         if terminated or truncated:
             return
@@ -382,7 +382,7 @@ class _SACRun:
             return
         actor, generator = self.agent.actor, self.agent.generator
 
-        def policy(obs: np.ndarray) -> tuple[np.ndarray, float]:
+        def policy(obs: np.ndarray) -> tuple[np.ndarray, float | np.ndarray]:
             return actor.act(obs, False, generator)
 
         label = f"SAC {env_id(self.family, self.env_version)} (medium target {self.target:.0f})"
@@ -448,7 +448,8 @@ def _sac_dataset(run: _SACRun, kind: str, dataset_id: str) -> tuple[dict[str, np
     """(rows, metadata) of a dataset made from the SAC run: medium, medium-replay, expert or medium-expert."""
     run.train("end" if kind in _NEEDS_EXPERT else "medium")
     obs_dim, act_dim = run.obs_dim, run.act_dim
-    budget, seed, meta = run.budget, run.seed, {}
+    budget, seed = run.budget, run.seed
+    meta: dict[str, Any] = {}
 
     def rollout(snapshot: _Snapshot, stream: int, label: str) -> dict[str, np.ndarray]:
         policy = _sampling_policy(snapshot.actor, obs_dim, act_dim, _stream_seed(seed, stream))
@@ -525,6 +526,7 @@ def generate(
     if _made_by(path, dataset.d4rl_id, gym_id, seed, plan):
         print(f"{path} exists (same dataset, env, seed and budget): kept")
         return path
+    meta: dict[str, Any]
     if dataset.kind == "random":
         arrays, meta = _random_dataset(family, env_version, seed, plan), {"algorithm": "uniform random actions"}
     else:

@@ -38,6 +38,8 @@ def env_dims(family: str, version: str = "v5", ant_obs: str = "d4rl") -> tuple[i
     """(observation size, action size) of :func:`make_env`'s env, e.g. ``(11, 3)`` for hopper."""
     env = make_env(family, version, ant_obs=ant_obs)
     try:
-        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+        obs_shape, action_shape = env.observation_space.shape, env.action_space.shape
+        assert obs_shape is not None and action_shape is not None  # Box spaces
+        return int(obs_shape[0]), int(action_shape[0])
     finally:
         env.close()

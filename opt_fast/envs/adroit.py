@@ -29,12 +29,12 @@ class AdroitEnv(gym.Wrapper):
     board positions, pen target orientation, relocate target): physics state alone does not hold them."""
 
     def task_state(self) -> dict[str, np.ndarray]:
-        model = self.unwrapped.model
+        model = self.unwrapped.model  # type: ignore[attr-defined]  # a MuJoCo env
         return {"body_pos": model.body_pos.copy(), "body_quat": model.body_quat.copy(),
                 "site_pos": model.site_pos.copy()}
 
     def set_task_state(self, state: dict[str, np.ndarray]) -> None:
-        model = self.unwrapped.model
+        model = self.unwrapped.model  # type: ignore[attr-defined]  # a MuJoCo env
         model.body_pos[:], model.body_quat[:], model.site_pos[:] = (
             state["body_pos"], state["body_quat"], state["site_pos"])
 

@@ -103,7 +103,7 @@ class AntMazeD4RL(gym.Wrapper):
 
     @property
     def goal(self) -> np.ndarray:
-        return self.unwrapped.goal
+        return self.unwrapped.goal  # type: ignore[attr-defined]  # a gymnasium-robotics maze env
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
@@ -117,12 +117,12 @@ class AntMazeD4RL(gym.Wrapper):
 
     def task_state(self) -> dict[str, Any]:
         """What a checkpoint needs besides physics: the goal and start, and the inner ant env's RNG."""
-        maze_env = self.unwrapped
+        maze_env: Any = self.unwrapped  # a gymnasium-robotics maze env
         return {"goal": maze_env.goal.copy(), "reset_pos": maze_env.reset_pos.copy(),
                 "ant_rng": maze_env.ant_env.np_random.bit_generator.state}
 
     def set_task_state(self, state: dict[str, Any]) -> None:
-        maze_env = self.unwrapped
+        maze_env: Any = self.unwrapped  # a gymnasium-robotics maze env
         maze_env.goal, maze_env.reset_pos = state["goal"].copy(), state["reset_pos"].copy()
         maze_env.update_target_site_pos()
         maze_env.ant_env.np_random.bit_generator.state = state["ant_rng"]

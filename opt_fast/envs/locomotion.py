@@ -61,9 +61,11 @@ class _ZeroContactForces(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        low = np.concatenate([env.observation_space.low, np.zeros(_D4RL_ANT_CONTACT_DIM)])
-        high = np.concatenate([env.observation_space.high, np.zeros(_D4RL_ANT_CONTACT_DIM)])
-        self.observation_space = gym.spaces.Box(low, high, dtype=env.observation_space.dtype)
+        space = env.observation_space
+        assert isinstance(space, gym.spaces.Box), space
+        low = np.concatenate([space.low, np.zeros(_D4RL_ANT_CONTACT_DIM)])
+        high = np.concatenate([space.high, np.zeros(_D4RL_ANT_CONTACT_DIM)])
+        self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return np.concatenate([observation, np.zeros(_D4RL_ANT_CONTACT_DIM, dtype=observation.dtype)])

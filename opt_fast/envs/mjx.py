@@ -111,8 +111,8 @@ def _observe_gym(env: gym.Env) -> np.ndarray:
     while layer is not env.unwrapped:
         if isinstance(layer, gym.ObservationWrapper):
             wrappers.append(layer)
-        layer = layer.env
-    obs = env.unwrapped._get_obs()
+        layer = layer.env  # type: ignore[attr-defined]  # a wrapper, above the unwrapped env
+    obs = env.unwrapped._get_obs()  # type: ignore[attr-defined]  # a MuJoCo env
     for wrapper in reversed(wrappers):
         obs = wrapper.observation(obs)
     return obs
@@ -155,7 +155,7 @@ class GymVecEnv(VecEnv):
                           self._tensor(truncated, torch.bool), self._tensor(final_obs))
 
     def set_state(self, qpos: torch.Tensor, qvel: torch.Tensor) -> torch.Tensor:
-        model = self._vec.envs[0].unwrapped.model
+        model = self._vec.envs[0].unwrapped.model  # type: ignore[attr-defined]
         self._check_batch("qpos", qpos, model.nq)
         self._check_batch("qvel", qvel, model.nv)
         qpos_np = qpos.detach().cpu().numpy().astype(np.float64)
@@ -163,12 +163,12 @@ class GymVecEnv(VecEnv):
         obs = []
         for env, q, v in zip(self._vec.envs, qpos_np, qvel_np):
             env.reset()  # restarts the step count and clears the solver warm start, as a reset does
-            env.unwrapped.set_state(q, v)
+            env.unwrapped.set_state(q, v)  # type: ignore[attr-defined]
             obs.append(_observe_gym(env))
         return self._tensor(np.stack(obs))
 
     def get_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        datas = [env.unwrapped.data for env in self._vec.envs]
+        datas = [env.unwrapped.data for env in self._vec.envs]  # type: ignore[attr-defined]
         return (torch.from_numpy(np.stack([d.qpos for d in datas])).to(self.device),
                 torch.from_numpy(np.stack([d.qvel for d in datas])).to(self.device))
 
@@ -281,7 +281,8 @@ def _quat_integrate(quat: jax.Array, omega: jax.Array, dt: jax.Array) -> jax.Arr
 
 def _integrate_pos(model: mjx.Model, qpos: jax.Array, qvel: jax.Array, dt: jax.Array) -> jax.Array:
     """``qpos`` advanced by ``qvel`` for ``dt`` (MuJoCo's mj_integratePos for free, hinge and slide joints)."""
-    linear_q, linear_v = [], []
+    linear_q: list[int] = []
+    linear_v: list[int] = []
     for jnt_type, qadr, vadr in zip(model.jnt_type, model.jnt_qposadr, model.jnt_dofadr):
         if jnt_type == mujoco.mjtJoint.mjJNT_FREE:
             linear_q += range(qadr, qadr + 3)
@@ -462,7 +463,7 @@ class MJXVecEnv(VecEnv):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid options: {', '.join(PRECISIONS)}")
         gym_env = envs.make_env(family, version, ant_obs=ant_obs)  # checks family, version and ant_obs
-        mj_model = gym_env.unwrapped.model
+        mj_model = gym_env.unwrapped.model  # type: ignore[attr-defined]
         gym_env.close()
         joint_types = mujoco.mjtJoint
         supported = {int(joint_types.mjJNT_FREE), int(joint_types.mjJNT_HINGE), int(joint_types.mjJNT_SLIDE)}

@@ -23,7 +23,8 @@ class GymSeedEnvs:
         return self.envs[row].reset()[0]
 
     def step(self, actions: np.ndarray) -> list[tuple[np.ndarray, float, bool, bool]]:
-        return [env.step(action)[:4] for env, action in zip(self.envs, actions)]
+        return [(obs, float(reward), terminated, truncated)
+                for obs, reward, terminated, truncated, _ in (env.step(action) for env, action in zip(self.envs, actions))]
 
     def state_dict(self, row: int) -> dict[str, Any]:
         return get_env_state(self.envs[row])
@@ -47,7 +48,7 @@ def _time_limit(env: gymnasium.Env) -> gymnasium.wrappers.TimeLimit:
 def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
     """A mid-episode env's full state: MuJoCo's physics, step count within the episode, and its RNG; plus, for
     envs that have one (Adroit, AntMaze), the task state that ``reset`` draws outside the physics (targets)."""
-    sim = env.unwrapped
+    sim: Any = env.unwrapped  # a MuJoCo env (gymnasium types it as Env)
     physics = np.empty(mujoco.mj_stateSize(sim.model, _MUJOCO_STATE))
     mujoco.mj_getState(sim.model, sim.data, physics, _MUJOCO_STATE)
     return {"physics": physics, "elapsed_steps": _time_limit(env)._elapsed_steps,
@@ -55,9 +56,9 @@ def get_env_state(env: gymnasium.Env) -> dict[str, Any]:
             "task": env.task_state() if hasattr(env, "task_state") else None}
 
 
-def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
+def set_env_state(env: Any, state: dict[str, Any]) -> None:
     env.reset()  # marks the env as reset for gymnasium's order checks; everything is overwritten below
-    sim = env.unwrapped
+    sim: Any = env.unwrapped
     mujoco.mj_setState(sim.model, sim.data, state["physics"], _MUJOCO_STATE)
     mujoco.mj_forward(sim.model, sim.data)
     _time_limit(env)._elapsed_steps = state["elapsed_steps"]

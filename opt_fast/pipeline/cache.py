@@ -35,7 +35,7 @@ class PhaseCache(Checkpoints):
         paths = [self._cache_path(run, phase, step) for run in self.runs]
         if any(path is None or not path.exists() for path in paths):
             return None
-        return [load_torch(path) for path in paths]
+        return [load_torch(path) for path in paths if path is not None]  # all are, and exist
 
     def _store_offline_cache(self) -> None:
         """The offline phase's end state, shared by every run (OPT or baseline) with the same offline config."""

@@ -35,11 +35,15 @@ class Progress:
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(observations, actions, rewards, next observations, terminals) of a dataset."""
+
+
 class SeedRun:
     """One seed's part of a run: its directory, metrics, checkpoints, numpy RNG, buffers and progress. A run of its
     own is a batch of one of these."""
 
-    def __init__(self, config: Config, run_dir: Path, offline_rows: tuple[np.ndarray, ...], obs_dim: int,
+    def __init__(self, config: Config, run_dir: Path, offline_rows: Rows, obs_dim: int,
                  act_dim: int):
         self.config = config
         self.run_dir = Path(run_dir)

@@ -221,11 +221,11 @@ class Trainer(Records, PhaseCache):
         info, priorities = self.agent.finetune_update(
             off, on, batch, kappas, [p.online_step / cfg.online_steps] * len(self.runs), p.update_step
         )
-        priorities = priorities.cpu().numpy().astype(np.float64)
+        new_priorities = priorities.cpu().numpy().astype(np.float64)
         # The new priorities are the density ratios of the sampled items, normalised (docs/method.md §3.3).
-        self.window_stats.add({**info, "priority_mean": priorities.mean(axis=-1),
-                               "priority_max": priorities.max(axis=-1)})
-        for run, run_indices, run_priorities in zip(self.runs, indices, priorities):
+        self.window_stats.add({**info, "priority_mean": new_priorities.mean(axis=-1),
+                               "priority_max": new_priorities.max(axis=-1)})
+        for run, run_indices, run_priorities in zip(self.runs, indices, new_priorities):
             run.balanced.update_priorities(run_indices, run_priorities)
         self._advance("update_step")
 
@@ -242,7 +242,8 @@ class Trainer(Records, PhaseCache):
         if self.runs[0].obs is None:
             for run, obs in zip(self.runs, self.envs.reset([run.config.seed for run in self.runs])):
                 run.obs = obs
-        obs = torch.as_tensor(np.stack([run.obs for run in self.runs]), dtype=torch.float32, device=self.device)
+        obs = torch.as_tensor(np.stack([run.obs for run in self.runs]),  # type: ignore[misc]  # all reset above
+                              dtype=torch.float32, device=self.device)
         actions = self.agent.backbone.act(obs.unsqueeze(1))[:, 0].cpu().numpy()
         noisy = []
         for run, action in zip(self.runs, actions):
@@ -251,6 +252,7 @@ class Trainer(Records, PhaseCache):
         for row, (run, action, (next_obs, reward, terminated, truncated)) in enumerate(
                 zip(self.runs, noisy, self.envs.step(np.stack(noisy)))):
             # `done` is a true termination only; a time-limit cut bootstraps (§8).
+            assert run.obs is not None
             transition = (run.obs, action, float(self._train_reward(reward)), next_obs, bool(terminated))
             run.online_buffer.add(*transition)
             run.balanced.add(*transition)
