@@ -147,3 +147,25 @@ def test_cli_seeds_runs_every_seed_and_shows_mean_and_ci(tmp_path, dataset, caps
         assert row.endswith(f"| {np.mean(finals):.1f} ± {half_width:.1f} |") and "| 0,1 |" in row
     assert cli.main([*args, "--seed", "1", "--seeds", "0-1"]) == 2
     assert "give --seed or --seeds, not both" in capsys.readouterr().err
+
+
+def test_cli_resume_keeps_a_finished_phase_run_restored_without_checkpoints(tmp_path, dataset, capsys):
+    """A ``--until pretrain`` run whose small outputs alone were kept (results/study/run.sh restores them on a new
+    machine) is finished for ``--resume --until pretrain``: nothing is trained again and its summary is shown."""
+    from opt_fast import cli
+
+    args = ["train", "--env", "hopper-random", "--dataset", str(dataset.path), "--budget", "smoke", "--until",
+            "pretrain", "--resume", "--out", str(tmp_path / "runs"), "--offline-steps", "40", "--n-tau", "40",
+            "--n-pretrain", "10", "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16,16",
+            "--batch-size", "16"]
+    assert cli.main(args) == 0
+    [run] = [d.parent for d in (tmp_path / "runs" / "hopper-random-v2").glob("*/config.json")]
+    kept = {name: (run / name).read_text() for name in ("config.json", "metrics.jsonl", "summary-pretrain.json")}
+    for path in sorted(run.rglob("*"), reverse=True):  # everything else goes: checkpoints, their directory
+        if path.name not in kept:
+            path.rmdir() if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert f"--resume: {run} already finished (its summary-pretrain.json is kept); nothing to run" in \
+        capsys.readouterr().err
+    assert {name: (run / name).read_text() for name in kept} == kept and not (run / "checkpoints").exists()

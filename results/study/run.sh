@@ -37,9 +37,20 @@ keep() {  # copy the small outputs of the runs of one dataset into the repositor
   done
 }
 
+restore() {  # bring back the kept outputs of runs of one dataset (a new machine has none of $runs): a run that
+  # finished its phases is then not trained again (`--resume` keeps it), an unfinished one starts from the beginning
+  local dataset=$1
+  for dir in "$here/runs/$dataset"/*/; do
+    [ -d "$dir" ] || continue
+    local dest=$runs/$dataset-v2/$(basename "$dir")
+    [ -e "$dest/config.json" ] || { mkdir -p "$dest"; cp "$dir"/* "$dest"/; }
+  done
+}
+
 train() {  # train SEEDS DATASET [OPTIONS...]: one seed batch on the study data, then keep its outputs
   local seeds=$1 dataset=$2; shift 2
   data "$dataset"
+  restore "$dataset"
   opt-fast train --env "$dataset" --dataset "$(file_of "$dataset")" --budget "$budget" --seeds "$seeds" --resume \
     --out "$runs" "$@"
   keep "$dataset"
