@@ -1,7 +1,7 @@
 #!/bin/bash
 # The study of issue 10 (README.md beside this file): generated data, then the mechanism, fine-tuning and door-cloned.
 # Run from the repository root:   bash results/study/run.sh [STEP...]
-#   steps: mechanism finetune door report (default: all of them, in that order)
+#   steps: mechanism finetune door report (default: all of them, in that order); `lane` runs job lines from stdin
 #   BUDGET=study (default) or quick: the training budget of the mechanism and fine-tuning runs. The data is always
 #   the `study` generation (1M rows, SAC up to the medium target), passed with --dataset, so every budget trains on
 #   the same files.
@@ -109,6 +109,8 @@ steps=${*:-mechanism finetune door report}
 for step in $steps; do
   case $step in
     report) opt-fast report $here/runs --out $here/report 2>&1 | tee -a $here/logs/report.log ;;
+    # One more lane running the job lines given on stdin (e.g. `echo "mechanism 0-2 walker2d-random" | ... lane`).
+    lane) run_jobs "$here/logs/lane-$budget-$(date -u +%H%M%S).log" ;;
     *)
       jobs_for "$step" | awk 'NR % 2 == 1' | run_jobs "$here/logs/$step-$budget-lane0.log" &
       jobs_for "$step" | awk 'NR % 2 == 0' | run_jobs "$here/logs/$step-$budget-lane1.log" &
