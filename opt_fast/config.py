@@ -62,7 +62,8 @@ class Config:
     backbone: str = "td3"
     """``td3`` (TD3+BC offline, TD3 online: MuJoCo) or ``spot`` (SPOT offline and online: AntMaze, Adroit)."""
     compile: bool = False
-    """Wrap the update steps in ``torch.compile`` (eager fallback with a message where it cannot compile)."""
+    """Wrap the update steps in ``torch.compile`` on CUDA (eager fallback with a message where it cannot compile); on
+    CPU the updates run eagerly, where compiling measured no faster (``opt_fast.runtime.compile_choice``)."""
     device: str = "cpu"
     critic_backend: str = "auto"
     """How critics are evaluated: ``torch``, ``triton`` (fused kernels) or ``auto`` (triton on CUDA)."""

@@ -169,3 +169,22 @@ def test_cli_resume_keeps_a_finished_phase_run_restored_without_checkpoints(tmp_
     assert f"--resume: {run} already finished (its summary-pretrain.json is kept); nothing to run" in \
         capsys.readouterr().err
     assert {name: (run / name).read_text() for name in kept} == kept and not (run / "checkpoints").exists()
+
+
+def test_compile_on_cpu_runs_eagerly_says_so_and_records_it(tmp_path, dataset, monkeypatch, capsys):
+    """On CPU ``--compile`` keeps the eager updates (compiling measured no faster there), says so, and the summary
+    records what ran; ``OPT_FAST_COMPILE_ON_CPU=1`` compiles anyway."""
+    from opt_fast.runtime import compile_choice
+
+    monkeypatch.delenv("OPT_FAST_COMPILE_ON_CPU", raising=False)
+    cpu = torch.device("cpu")
+    assert compile_choice(False, cpu) == (False, "eager")
+    assert compile_choice(True, torch.device("cuda")) == (True, "torch.compile (cuda)")
+    trainer = open_run(tiny_config(compile=True, n_pretrain=2, online_steps=60), tmp_path / "run", dataset,
+                       resume=False)
+    assert trainer.agent.finetune_critic_loss == trainer.agent._finetune_critic_loss  # not wrapped
+    assert "opt-fast: eager (--compile on cpu" in capsys.readouterr().err
+    [summary] = trainer.run()
+    assert summary["compile"] == compile_choice(True, cpu)[1] and summary["compile"].startswith("eager (")
+    monkeypatch.setenv("OPT_FAST_COMPILE_ON_CPU", "1")
+    assert compile_choice(True, cpu) == (True, "torch.compile (cpu, OPT_FAST_COMPILE_ON_CPU=1)")
