@@ -7,6 +7,7 @@ Groups (each side measured in the same session, so the ratios compare like with 
   the reference's separate critic modules on numpy-gathered batches;
 - OPT fine-tuning on Hopper-v5: one env step + 5 updates (UTD 5) with sampling and priority updates, through
   ``Trainer._env_step`` / ``Trainer._finetune_update``, vs the reference loop; 1M offline rows;
+- Q_on's online pre-training (meta-adaptation) update: ``OPTAgent.pretrain_update`` vs the reference's modules;
 - the same fine-tuning step in the OEMA design (``peer_oema.py``: the reference with its balanced replay's sum-tree
   walked item by item, as OEMA and Off2OnRL lay it out);
 - the same fine-tuning step eager vs ``OPTAgent.compile()``; the compile time is reported on its own. On CUDA the
@@ -57,12 +58,14 @@ THREADS = 2
 TARGET_OFFLINE_VS_REFERENCE = 2.0
 TARGET_FINETUNE_VS_REFERENCE = 2.5
 TARGET_FINETUNE_VS_PEER = 2.0
+TARGET_PRETRAIN_VS_REFERENCE = 1.0  # no target in the issue: measured, and never slower than the reference
 TARGET_COMPILED_VS_EAGER = 0.95  # "--compile is never slower than eager", with 5% measurement slack
 
 OFFLINE = "TD3+BC offline update, batch 256, 1M rows"
 FINETUNE = "OPT fine-tuning env step + 5 updates, Hopper-v5, 1M offline rows"
+PRETRAIN = "OPT online pre-training (meta-adaptation) update of Q_on, batches 256 + 256"
 COMPILE = "OPT fine-tuning env step + 5 updates: eager vs torch.compile"
-UNIT = {OFFLINE: "update", FINETUNE: "env step", COMPILE: "env step"}
+UNIT = {OFFLINE: "update", FINETUNE: "env step", PRETRAIN: "update", COMPILE: "env step"}
 
 # Finished benchmark fixtures by (group, side), read by `test_ratio`.
 _RESULTS: dict[tuple[str, str], Any] = {}
@@ -138,6 +141,26 @@ def test_reference_finetune_update_matches_opt_fast() -> None:
             assert value == pytest.approx(float(our_info[key]), rel=1e-4), key
         np.testing.assert_allclose(ref_priorities, our_priorities.numpy(), rtol=1e-4)
     assert "actor_loss" in ref_info  # step 1 ran the actor and Polyak updates
+
+
+def test_reference_pretrain_update_matches_opt_fast() -> None:
+    """Two meta-adaptation updates of Q_on (the second moves its targets): same losses and Q_on as OPTAgent."""
+    torch.manual_seed(0)
+    config = bench_config(policy_noise=0.0)
+    ours = OPTAgent(OBS_DIM, ACT_DIM, config)
+    ref = reference_like(ours, config)
+    for step in range(2):
+        off, on = random_batches(2, seed=10 + step)
+        our_info = ours.pretrain_update(as_batch(off), as_batch(on), step)
+        ref_info = ref.pretrain_update(off, on, step)
+        assert set(ref_info) == set(our_info)
+        for key, value in ref_info.items():
+            assert value == pytest.approx(float(our_info[key]), rel=1e-4), key
+    assert ours.q_on is not None
+    for member, q in enumerate((ref.q_on.q1_target, ref.q_on.q2_target)):
+        for linear, (weight, _, _, _) in zip([m for m in q.net if isinstance(m, nn.Linear)],
+                                             ours.q_on_target.layer_params(), strict=True):
+            torch.testing.assert_close(linear.weight, weight[member].T, rtol=1e-4, atol=1e-6)
 
 
 def test_reference_offline_update_matches_opt_fast() -> None:
@@ -307,6 +330,28 @@ def test_offline_reference(benchmark: Any, reference: ReferenceFinetuner) -> Non
     measure(benchmark, OFFLINE, "reference", update, rounds=100)
 
 
+@pytest.mark.benchmark(group=PRETRAIN)
+def test_pretrain_opt_fast(benchmark: Any, eager_trainer: Trainer) -> None:
+    trainer, steps = eager_trainer, iter(range(10**9))
+
+    def update() -> None:
+        trainer.agent.pretrain_update(trainer._sample_uniform("offline"), trainer._sample_uniform("online"),
+                                      next(steps))
+
+    measure(benchmark, PRETRAIN, "opt_fast", update, rounds=50)
+
+
+@pytest.mark.benchmark(group=PRETRAIN)
+def test_pretrain_reference(benchmark: Any, reference: ReferenceFinetuner) -> None:
+    agent, size, rng, steps = reference.agent, reference.config.batch_size, reference.rng, iter(range(10**9))
+
+    def update() -> None:
+        agent.pretrain_update(reference.offline.batch(reference.offline.sample_uniform(size, rng)),
+                              reference.online.batch(reference.online.sample_uniform(size, rng)), next(steps))
+
+    measure(benchmark, PRETRAIN, "reference", update, rounds=50)
+
+
 @pytest.mark.benchmark(group=FINETUNE)
 def test_finetune_opt_fast(benchmark: Any, eager_trainer: Trainer) -> None:
     measure(benchmark, FINETUNE, "opt_fast", trainer_step(eager_trainer), rounds=30)
@@ -339,6 +384,7 @@ def test_finetune_compiled(benchmark: Any, compiled_trainer: Trainer) -> None:
         (OFFLINE, "opt_fast", "reference", TARGET_OFFLINE_VS_REFERENCE),
         (FINETUNE, "opt_fast", "reference", TARGET_FINETUNE_VS_REFERENCE),
         (FINETUNE, "opt_fast", "oema_peer", TARGET_FINETUNE_VS_PEER),
+        (PRETRAIN, "opt_fast", "reference", TARGET_PRETRAIN_VS_REFERENCE),
         (COMPILE, "compiled", "eager", TARGET_COMPILED_VS_EAGER),
     ],
 )
