@@ -1,7 +1,8 @@
 #!/bin/bash
 # The study of issue 10 (README.md beside this file): generated data, then the mechanism, fine-tuning and door-cloned.
 # Run from the repository root:   bash results/study/run.sh [STEP...]
-#   steps: mechanism finetune door report (default: all of them, in that order); `lane` runs job lines from stdin
+#   steps: mechanism finetune door datacard report (default: all of them, in that order); `lane` runs job lines
+#   from stdin
 #   BUDGET=study (default) or quick: the training budget of the mechanism and fine-tuning runs. The data is always
 #   the `study` generation (1M rows, SAC up to the medium target), passed with --dataset, so every budget trains on
 #   the same files.
@@ -73,6 +74,26 @@ door() {  # Adroit door-cloned at the paper's own protocol (study = paper for SP
   keep door-cloned
 }
 
+datacard() {  # data.md: every generated dataset of the study on this machine beside D4RL's published statistics
+  local names=() name
+  for name in hopper-medium-replay walker2d-medium-replay halfcheetah-medium-replay hopper-random walker2d-random \
+              halfcheetah-random hopper-medium walker2d-medium halfcheetah-medium; do
+    if [ -f "$(file_of "$name")" ]; then names+=("$name"); fi
+  done
+  {
+    echo "# Generated data of the study beside D4RL's published statistics"
+    echo
+    echo "Generated data, not D4RL data: \`opt-fast data generate NAME --budget study\` (D4RL's recipe, seed 0," \
+         "gymnasium v5). Written by \`bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
+         "$(python -c 'from opt_fast.pipeline import machine_description; print(machine_description())'), with" \
+         "\`opt-fast data compare ${names[*]} --budget study\`. D4RL's rows and returns: Decision Transformer's" \
+         "run of its data script on the v2 files; episodes: the TFDS catalog (\`opt_fast/data/published.py\`)."
+    echo
+    opt-fast data compare "${names[@]}" --budget study
+  } > $here/data.md.tmp
+  mv $here/data.md.tmp $here/data.md
+}
+
 run_jobs() {  # run_jobs LOG: each job read from stdin in turn, output appended to LOG
   local job
   while read -r job; do
@@ -105,9 +126,10 @@ jobs_for() {
   esac
 }
 
-steps=${*:-mechanism finetune door report}
+steps=${*:-mechanism finetune door datacard report}
 for step in $steps; do
   case $step in
+    datacard) datacard ;;
     report) opt-fast report $here/runs --out $here/report 2>&1 | tee -a $here/logs/report.log ;;
     # One more lane running the job lines given on stdin (e.g. `echo "mechanism 0-2 walker2d-random" | ... lane`).
     lane) run_jobs "$here/logs/lane-$budget-$(date -u +%H%M%S).log" ;;
