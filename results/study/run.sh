@@ -105,18 +105,24 @@ run_jobs() {  # run_jobs LOG: each job read from stdin in turn, output appended 
 # The jobs of each step, two lanes (lane 0 on even lines, lane 1 on odd ones), cheapest evidence first.
 jobs_for() {
   case $1 in
-    # The mechanism on the medium-replay datasets and walker2d-random (where the paper's gain is largest); on
-    # hopper-medium-replay also Q_on without meta-adaptation, on offline data only, on online data only, and a
-    # random Q_on (no pre-training).
-    mechanism) printf '%s\n' \
-      "mechanism 0-2 hopper-medium-replay" "mechanism 0-2 walker2d-random" \
-      "mechanism 3-4 hopper-medium-replay" "mechanism 3-4 walker2d-random" \
-      "mechanism 0-4 hopper-medium-replay --meta-adaptation false" \
-      "mechanism 0-4 hopper-medium-replay --pretrain-data online" \
-      "mechanism 0-4 hopper-medium-replay --pretrain-data offline" \
-      "mechanism 0-4 hopper-medium-replay --n-pretrain 0" \
-      "mechanism 0-2 walker2d-medium-replay" "mechanism 0-2 halfcheetah-medium-replay" \
-      "mechanism 3-4 walker2d-medium-replay" "mechanism 3-4 halfcheetah-medium-replay" ;;
+    # The mechanism on walker2d-random (where the paper's gain is largest) and the medium-replay datasets; on
+    # walker2d-random and hopper-medium-replay also Q_on without meta-adaptation, on offline data only, on online
+    # data only, and a random Q_on (no pre-training). Ablations use the seed batches of the main runs, so they start
+    # from the main runs' cached offline phase and collection.
+    mechanism)
+      local ablations=("--n-pretrain 0" "--meta-adaptation false" "--pretrain-data offline" "--pretrain-data online")
+      local lines=("mechanism 0-2 walker2d-random" "mechanism 0-2 hopper-medium-replay")
+      local seeds ablation dataset
+      for ablation in "${ablations[@]}"; do lines+=("mechanism 0-2 walker2d-random $ablation"); done
+      lines+=("mechanism 3-4 walker2d-random" "mechanism 3-4 hopper-medium-replay")
+      for seeds in 0-2 3-4; do
+        for ablation in "${ablations[@]}"; do lines+=("mechanism $seeds hopper-medium-replay $ablation"); done
+      done
+      for ablation in "${ablations[@]}"; do lines+=("mechanism 3-4 walker2d-random $ablation"); done
+      for seeds in 0-2 3-4; do
+        for dataset in walker2d-medium-replay halfcheetah-medium-replay; do lines+=("mechanism $seeds $dataset"); done
+      done
+      printf '%s\n' "${lines[@]}" ;;
     finetune) printf '%s\n' \
       "finetune 0-2 walker2d-random" "finetune 0-2 hopper-medium-replay" \
       "finetune 3-4 walker2d-random" "finetune 3-4 hopper-medium-replay" \
