@@ -7,6 +7,8 @@ Written from the equations of docs/method.md §3 with the same hyper-parameters 
 - ``nn.Sequential`` MLPs; every critic is its own module with its own Adam (Q_off as two modules, Q_on as two);
 - each twin critic computes its own TD target, with its own target-actor forward pass;
 - the density-ratio net runs one forward pass per batch;
+- Q_on's meta-adaptation update differentiates through the inner step with ``torch.autograd.grad`` and evaluates
+  the adapted critics with ``torch.func.functional_call``, one module at a time;
 - the actor's loss backpropagates through the critics as written (their gradients are cleared before their
   next step), as CORL's TD3+BC does;
 - priorities live in the numpy sum-tree of ``reference_sumtree.py``; batches are gathered from numpy arrays
@@ -25,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from reference_sumtree import NumpySumTree
 from torch import nn
+from torch.func import functional_call
 
-from opt_fast.config import Config, kappa
+from opt_fast.config import Config, kappa, online_discount
 
 _LOG_EPS = 1e-10
 
@@ -189,6 +192,41 @@ class ReferenceAgent:
             self.q_off.update_targets()
             self.q_on.update_targets()
         return info, priorities
+
+
+    def pretrain_update(self, off: Transitions, on: Transitions, step: int) -> dict[str, float]:
+        """One meta-adaptation update of Q_on (§3.2), actor and Q_off frozen: L_off(psi) + w L_on(psi'), psi' = psi -
+        alpha grad L_off(psi) (differentiated through), w = sg(min(L_off, L_on) / L_on) or 1; Q_on's targets move
+        every ``policy_delay`` updates."""
+        cfg, q_on = self.config, self.q_on
+        gamma = online_discount(cfg)
+
+        def td_target(batch: Transitions) -> torch.Tensor:
+            with torch.no_grad():
+                noise = (torch.randn_like(batch.action) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+                next_action = (self.actor_target(batch.next_obs) + noise).clamp(-1.0, 1.0)
+                next_q = torch.min(q_on.q1_target(batch.next_obs, next_action),
+                                   q_on.q2_target(batch.next_obs, next_action))
+                return batch.reward + gamma * (1.0 - batch.done) * next_q
+
+        y_off, y_on = td_target(off), td_target(on)
+        nets = (q_on.q1, q_on.q2)
+        params = [dict(net.named_parameters()) for net in nets]
+        loss_off = sum(F.mse_loss(net(off.obs, off.action), y_off) for net in nets)
+        grads = iter(torch.autograd.grad(loss_off, [p for named in params for p in named.values()], create_graph=True))
+        adapted = [{name: p - cfg.meta_inner_lr * next(grads) for name, p in named.items()} for named in params]
+        loss_on = sum(F.mse_loss(functional_call(net, weights, (on.obs, on.action)), y_on)
+                      for net, weights in zip(nets, adapted, strict=True))
+        weight = (torch.minimum(loss_off, loss_on) / loss_on).detach() if cfg.meta_loss_weight == "ratio" else 1.0
+        loss = loss_off + weight * loss_on
+        q_on.q1_opt.zero_grad()
+        q_on.q2_opt.zero_grad()
+        loss.backward()
+        q_on.q1_opt.step()
+        q_on.q2_opt.step()
+        if (step + 1) % cfg.policy_delay == 0:
+            q_on.update_targets()
+        return {"loss": loss.item(), "loss_off": loss_off.item(), "loss_on": loss_on.item()}
 
 
 class NumpyReplay:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main(argv: list[str]) -> int:
 
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     out = ROOT / "results" / f"{kind}-{datetime.date.today().isoformat()}.md"
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         bench_json, junit = Path(tmp) / "bench.json", Path(tmp) / "junit.xml"
         command = [sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-p", "no:cacheprovider",
@@ -99,7 +101,10 @@ def main(argv: list[str]) -> int:
     header = [f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
               f"Machine: {machine_description()}", *device_lines(), f"Code: {code_version()}",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              f"pytest exit status: {code} (1 = some target missed; see the table)"]
+              f"pytest exit status: {code} (1 = some target missed; see the table)",
+              # Other processes on the machine slow every side alike, ratios less than absolute figures.
+              "Load average (1, 5, 15 min) at the start: {:.2f}, {:.2f}, {:.2f}; at the end: {:.2f}, {:.2f}, {:.2f} "
+              "(on {} cores)".format(*load_before, *os.getloadavg(), os.cpu_count())]
     text = render(bench, tests, header, " ".join(["python benchmarks/report.py", *argv]))
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"wrote {out}")

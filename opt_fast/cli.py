@@ -112,6 +112,13 @@ def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | 
     from opt_fast.pipeline import open_seed_batch
 
     run_dirs = [run_dir_for(out, config, dataset.content_digest) for config in configs]
+    finished = "summary.json" if until is None else f"summary-{until}.json"
+    if resume and all((run_dir / finished).exists() for run_dir in run_dirs):
+        # Also a run whose small outputs were restored without its checkpoints (results/study/run.sh on a new
+        # machine): it is finished, not started again.
+        for run_dir in run_dirs:
+            print(f"--resume: {run_dir} already finished (its {finished} is kept); nothing to run", file=sys.stderr)
+        return [json.loads((run_dir / finished).read_text()) for run_dir in run_dirs]
     for config, run_dir in zip(configs, run_dirs):
         print(f"run directory: {run_dir}", file=sys.stderr)
         if resume and not (run_dir / "config.json").exists():

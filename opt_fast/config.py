@@ -91,7 +91,8 @@ class Config:
     backbone: str = setting("td3", phase="offline")
     """``td3`` (TD3+BC offline, TD3 online: MuJoCo) or ``spot`` (SPOT offline and online: AntMaze, Adroit)."""
     compile: bool = setting(False, phase=None, role="bookkeeping")
-    """Wrap the update steps in ``torch.compile`` (eager fallback with a message where it cannot compile)."""
+    """Wrap the update steps in ``torch.compile`` on CUDA (eager fallback with a message where it cannot compile); on
+    CPU the updates run eagerly, where compiling measured no faster (``opt_fast.runtime.compile_choice``)."""
     device: str = setting("cpu", phase="offline", role="execution")
     """Torch device of the networks and updates: ``cpu``, ``cuda`` or ``cuda:<index>``."""
     critic_backend: str = setting("auto", phase="collect", role="execution")

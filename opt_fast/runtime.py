@@ -6,6 +6,10 @@
   variable, no re-exec); elsewhere (musl, macOS, Windows) it changes nothing and says so.
 - **GEMM.** The ensembles' matmuls stay on torch's ``bmm``/``baddbmm`` (MKL). oneDNN's linear was measured against
   it on AMD Zen 4 and reached the same rate per core (``results/cpu-*.md``), so there is nothing to select.
+- **``--compile`` on CPU** runs eagerly (:func:`compile_choice`): compiled, the fine-tuning update measured 0.86-1.00x
+  eager on CPU (the loss graphs 1.00x, Inductor's Adam and Polyak steps 0.95x, everything 0.86-0.99x; AMD Zen 3 and
+  Zen 4, torch 2.13), so on CPU nothing it compiles wins. ``OPT_FAST_COMPILE_ON_CPU=1`` compiles anyway (the
+  benchmark measures that side); on CUDA ``--compile`` compiles (CUDA graphs).
 
 Every setting is detected, applied once per process, can be switched off (``OPT_FAST_CPU_FAST_PATH=0``), and what
 was applied is recorded in each run's ``summary.json`` (:func:`describe`).
@@ -65,6 +69,17 @@ def configure() -> dict[str, Any]:
             allocator = "default (mallopt refused the thresholds)"
     _applied = {"allocator": allocator, "gemm": "torch bmm (MKL)" if torch.backends.mkl.is_available() else "torch bmm"}
     return _applied
+
+
+def compile_choice(requested: bool, device: torch.device) -> tuple[bool, str]:
+    """Whether ``--compile`` compiles the update steps on ``device``, and what ran, for the run's summary."""
+    if not requested:
+        return False, "eager"
+    if device.type != "cpu":
+        return True, f"torch.compile ({device.type})"
+    if os.environ.get("OPT_FAST_COMPILE_ON_CPU") == "1":
+        return True, "torch.compile (cpu, OPT_FAST_COMPILE_ON_CPU=1)"
+    return False, "eager (--compile on cpu: compiled updates measured no faster than eager there)"
 
 
 def describe() -> dict[str, Any]:

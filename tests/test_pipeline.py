@@ -198,3 +198,44 @@ def test_cli_seeds_runs_every_seed_and_shows_mean_and_ci(tmp_path, dataset, caps
         assert row.endswith(f"| {np.mean(finals):.1f} ± {half_width:.1f} |") and "| 0,1 |" in row
     assert cli.main([*args, "--seed", "1", "--seeds", "0-1"]) == 2
     assert "give --seed or --seeds, not both" in capsys.readouterr().err
+
+
+def test_cli_resume_keeps_a_finished_phase_run_restored_without_checkpoints(tmp_path, dataset, capsys):
+    """A ``--until pretrain`` run whose small outputs alone were kept (results/study/run.sh restores them on a new
+    machine) is finished for ``--resume --until pretrain``: nothing is trained again and its summary is shown."""
+    from opt_fast import cli
+
+    args = ["train", "--env", "hopper-random", "--dataset", str(dataset.path), "--budget", "smoke", "--until",
+            "pretrain", "--resume", "--out", str(tmp_path / "runs"), "--offline-steps", "40", "--n-tau", "40",
+            "--n-pretrain", "10", "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16,16",
+            "--batch-size", "16"]
+    assert cli.main(args) == 0
+    [run] = [d.parent for d in (tmp_path / "runs" / "hopper-random-v2").glob("*/config.json")]
+    kept = {name: (run / name).read_text() for name in ("config.json", "metrics.jsonl", "summary-pretrain.json")}
+    for path in sorted(run.rglob("*"), reverse=True):  # everything else goes: checkpoints, their directory
+        if path.name not in kept:
+            path.rmdir() if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert f"--resume: {run} already finished (its summary-pretrain.json is kept); nothing to run" in \
+        capsys.readouterr().err
+    assert {name: (run / name).read_text() for name in kept} == kept and not (run / "checkpoints").exists()
+
+
+def test_compile_on_cpu_runs_eagerly_says_so_and_records_it(tmp_path, dataset, monkeypatch, capsys):
+    """On CPU ``--compile`` keeps the eager updates (compiling measured no faster there), says so, and the summary
+    records what ran; ``OPT_FAST_COMPILE_ON_CPU=1`` compiles anyway."""
+    from opt_fast.runtime import compile_choice
+
+    monkeypatch.delenv("OPT_FAST_COMPILE_ON_CPU", raising=False)
+    cpu = torch.device("cpu")
+    assert compile_choice(False, cpu) == (False, "eager")
+    assert compile_choice(True, torch.device("cuda")) == (True, "torch.compile (cuda)")
+    trainer = open_run(tiny_config(compile=True, n_pretrain=2, online_steps=60), tmp_path / "run", dataset,
+                       resume=False)
+    assert trainer.agent.finetune_critic_loss == trainer.agent._finetune_critic_loss  # not wrapped
+    assert "opt-fast: eager (--compile on cpu" in capsys.readouterr().err
+    [summary] = trainer.run()
+    assert summary["compile"] == compile_choice(True, cpu)[1] and summary["compile"].startswith("eager (")
+    monkeypatch.setenv("OPT_FAST_COMPILE_ON_CPU", "1")
+    assert compile_choice(True, cpu) == (True, "torch.compile (cpu, OPT_FAST_COMPILE_ON_CPU=1)")

@@ -138,6 +138,7 @@ class Records(TrainerBase):
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu_fast_path": runtime.describe(),
+            "compile": self.compile_mode,
             "code": code_version(),
             "machine": machine_description(),
             "seed": run.config.seed,

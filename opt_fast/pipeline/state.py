@@ -84,6 +84,7 @@ class TrainerBase:
     family: str
     ref_scores: tuple[float, float]
     device: torch.device
+    compile_mode: str  # what ran for --compile (opt_fast.runtime.compile_choice), for the summary
     cache_dir: Path | None
     envs: Any  # GymSeedEnvs or opt_fast.envs.mjx.MJXSeedEnvs
     eval_envs: Any

@@ -88,8 +88,11 @@ class Trainer(Records, PhaseCache):
 
         # Each seed's networks start as a one-seed agent's built after torch.manual_seed(seed).
         self.agent = OPTAgent(obs_dim, act_dim, config, seeds=[c.seed for c in configs])
-        if config.compile:
+        compiled, self.compile_mode = runtime.compile_choice(config.compile, self.device)
+        if compiled:
             self.agent.compile()
+        elif config.compile:
+            print(f"opt-fast: {self.compile_mode}; OPT_FAST_COMPILE_ON_CPU=1 compiles anyway", file=sys.stderr)
         # The updates' noise (target smoothing, VAE latents) comes from torch's global generator, seeded after the
         # networks: a one-seed run's offline phase is then the same with OPT on and off (the offline cache).
         torch.manual_seed(config.seed)

@@ -1,18 +1,31 @@
 #!/bin/bash
-# The study of issue 10 (README.md beside this file): generated data, the `study` budget, 5 seeds per setting.
+# The study of issue 10 (README.md beside this file): generated data, then the mechanism, fine-tuning and door-cloned.
 # Run from the repository root:   bash results/study/run.sh [STEP...]
-#   steps: data mechanism finetune door report (default: all of them, in that order)
-# Every step is idempotent and resumable: a finished dataset or run is kept, an interrupted one resumes from its
+#   steps: mechanism finetune door datacard report (default: all of them, in that order); `lane` runs job lines
+#   from stdin
+#   BUDGET=study (default) or quick: the training budget of the mechanism and fine-tuning runs. The data is always
+#   the `study` generation (1M rows, SAC up to the medium target), passed with --dataset, so every budget trains on
+#   the same files.
+# Every job is idempotent and resumable: a finished dataset or run is kept, an interrupted one resumes from its
 # checkpoint, so the script can simply be run again after an interruption. Two lanes of one single-threaded process
-# each: two 1-thread processes do ~1.3x the work of one 2-thread process on a 2-core machine. Training lanes are seed
-# groups trained as seed batches (SEED_GROUPS, default "0-2 3-4": seeds 0-4), data generation splits its datasets.
+# each (two 1-thread processes do ~1.3x the work of one 2-thread process on a 2-core machine); each job names its seed
+# batch. A job makes its dataset first when it is missing; a lock keeps the two lanes from making one dataset twice.
 # Each finished run's small files (config, metrics, summaries) are copied under results/study/runs/ as it completes.
 set -euo pipefail
 runs=${RUNS:-runs/study}
+budget=${BUDGET:-study}
 here=results/study
-read -r -a groups <<< "${SEED_GROUPS:-0-2 3-4}"
+data_dir=${OPT_FAST_DATA_DIR:-$HOME/.opt_fast/datasets}/generated-v5-study
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPT_FAST_PROGRESS=0
-mkdir -p $here/logs
+mkdir -p $here/logs "$data_dir"
+
+file_of() {  # D4RL's file name of a dataset: hopper-medium-replay -> hopper_medium_replay-v2.hdf5
+  echo "$data_dir/${1//-/_}-v2.hdf5"
+}
+
+data() {  # D4RL's recipe (SAC behaviour policy, or a uniform random policy), the study generation budget
+  flock "$data_dir/.$1.lock" opt-fast data generate "$1" --budget study
+}
 
 keep() {  # copy the small outputs of the runs of one dataset into the repository
   local dataset=$1
@@ -25,20 +38,60 @@ keep() {  # copy the small outputs of the runs of one dataset into the repositor
   done
 }
 
-data() {  # D4RL's recipe (SAC behaviour policy), the study generation budget (1M rows, SAC up to the medium target)
-  opt-fast data generate "$1" --budget study
+restore() {  # bring back the kept outputs of runs of one dataset (a new machine has none of $runs): a run that
+  # finished its phases is then not trained again (`--resume` keeps it), an unfinished one starts from the beginning
+  local dataset=$1
+  for dir in "$here/runs/$dataset"/*/; do
+    [ -d "$dir" ] || continue
+    local dest=$runs/$dataset-v2/$(basename "$dir")
+    [ -e "$dest/config.json" ] || { mkdir -p "$dest"; cp "$dir"/* "$dest"/; }
+  done
+}
+
+train() {  # train SEEDS DATASET [OPTIONS...]: one seed batch on the study data, then keep its outputs
+  local seeds=$1 dataset=$2; shift 2
+  data "$dataset"
+  restore "$dataset"
+  opt-fast train --env "$dataset" --dataset "$(file_of "$dataset")" --budget "$budget" --seeds "$seeds" --resume \
+    --out "$runs" "$@"
+  keep "$dataset"
 }
 
 mechanism() {  # the phases up to the end of online pre-training; extra options make an ablation of Q_on's pre-training
-  local dataset=$1; shift
-  opt-fast train --env "$dataset" --budget study --seeds "$seeds" --until pretrain --resume --out "$runs" "$@"
-  keep "$dataset"
+  local seeds=$1 dataset=$2; shift 2
+  train "$seeds" "$dataset" --until pretrain "$@"
 }
 
-finetune() {  # TD3 and TD3+OPT to the end of the study budget (TD3+OPT continues its mechanism run)
-  local dataset=$1
-  opt-fast train --env "$dataset" --budget study --seeds "$seeds" --compare --resume --out "$runs"
-  keep "$dataset"
+finetune() {  # TD3 and TD3+OPT to the end of the budget (TD3+OPT continues its mechanism run)
+  train "$1" "$2" --compare
+}
+
+door() {  # Adroit door-cloned at the paper's own protocol (study = paper for SPOT families), SPOT vs SPOT+OPT
+  flock "$data_dir/.door-cloned.lock" \
+    opt-fast data generate door-cloned --budget study --adroit-data ../shared/data/adroit
+  opt-fast train --env door-cloned --budget study --seeds "$1" --compare --resume --out "$runs" \
+    --adroit-data ../shared/data/adroit
+  keep door-cloned
+}
+
+datacard() {  # data.md: every generated dataset of the study on this machine beside D4RL's published statistics
+  local names=() name
+  for name in hopper-medium-replay walker2d-medium-replay halfcheetah-medium-replay hopper-random walker2d-random \
+              halfcheetah-random hopper-medium walker2d-medium halfcheetah-medium; do
+    if [ -f "$(file_of "$name")" ]; then names+=("$name"); fi
+  done
+  {
+    echo "# Generated data of the study beside D4RL's published statistics"
+    echo
+    echo "Generated data, not D4RL data: \`opt-fast data generate NAME --budget study\` (D4RL's recipe, seed 0," \
+         "gymnasium v5). Written by \`bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
+         "$(python -c 'from opt_fast.pipeline import machine_description; print(machine_description())'), with" \
+         "\`opt-fast data compare ${names[*]} --budget study\`. D4RL's rows and returns: Decision Transformer's" \
+         "run of its data script on the v2 files; episodes: the TFDS catalog (\`opt_fast/data/published.py\`)."
+    echo
+    opt-fast data compare "${names[@]}" --budget study
+  } > $here/data.md.tmp
+  mv $here/data.md.tmp $here/data.md
 }
 
 run_jobs() {  # run_jobs LOG: each job read from stdin in turn, output appended to LOG
@@ -49,39 +102,46 @@ run_jobs() {  # run_jobs LOG: each job read from stdin in turn, output appended 
   done
 }
 
+# The jobs of each step, two lanes (lane 0 on even lines, lane 1 on odd ones), cheapest evidence first.
 jobs_for() {
   case $1 in
-    data) printf '%s\n' "data hopper-medium-replay" "data walker2d-medium-replay" "data halfcheetah-medium-replay" \
-            "data walker2d-random" "data hopper-medium" "data hopper-random" "data halfcheetah-random" \
-            "data walker2d-medium" "data halfcheetah-medium" ;;
-    # The mechanism on the 3 medium-replay datasets; on hopper-medium-replay also Q_on without meta-adaptation, on
-    # offline data only, on online data only, and a random Q_on (no pre-training).
-    mechanism) printf '%s\n' "mechanism hopper-medium-replay" "mechanism walker2d-medium-replay" \
-                 "mechanism hopper-medium-replay --meta-adaptation false" \
-                 "mechanism halfcheetah-medium-replay" \
-                 "mechanism hopper-medium-replay --pretrain-data offline" \
-                 "mechanism hopper-medium-replay --pretrain-data online" \
-                 "mechanism hopper-medium-replay --n-pretrain 0" ;;
-    finetune) printf '%s\n' "finetune hopper-medium-replay" "finetune walker2d-random" \
-                "finetune walker2d-medium-replay" "finetune halfcheetah-medium-replay" "finetune hopper-random" \
-                "finetune halfcheetah-random" ;;
-    # Adroit door-cloned at the paper's own protocol (study = paper for SPOT families), SPOT vs SPOT+OPT.
-    door) printf '%s\n' "opt-fast data generate door-cloned --budget study --adroit-data ../shared/data/adroit" \
-            "opt-fast train --env door-cloned --budget study --seeds \"\$seeds\" --compare --resume --out $runs --adroit-data ../shared/data/adroit && keep door-cloned" ;;
-    report) printf '%s\n' "opt-fast report $here/runs --out $here/report" ;;
+    # The mechanism on walker2d-random (where the paper's gain is largest) and the medium-replay datasets; on
+    # walker2d-random and hopper-medium-replay also Q_on without meta-adaptation, on offline data only, on online
+    # data only, and a random Q_on (no pre-training). Ablations use the seed batches of the main runs, so they start
+    # from the main runs' cached offline phase and collection.
+    mechanism)
+      local ablations=("--n-pretrain 0" "--meta-adaptation false" "--pretrain-data offline" "--pretrain-data online")
+      local lines=("mechanism 0-2 walker2d-random" "mechanism 0-2 hopper-medium-replay")
+      local seeds ablation dataset
+      for ablation in "${ablations[@]}"; do lines+=("mechanism 0-2 walker2d-random $ablation"); done
+      lines+=("mechanism 3-4 walker2d-random" "mechanism 3-4 hopper-medium-replay")
+      for seeds in 0-2 3-4; do
+        for ablation in "${ablations[@]}"; do lines+=("mechanism $seeds hopper-medium-replay $ablation"); done
+      done
+      for ablation in "${ablations[@]}"; do lines+=("mechanism 3-4 walker2d-random $ablation"); done
+      for seeds in 0-2 3-4; do
+        for dataset in walker2d-medium-replay halfcheetah-medium-replay; do lines+=("mechanism $seeds $dataset"); done
+      done
+      printf '%s\n' "${lines[@]}" ;;
+    finetune) printf '%s\n' \
+      "finetune 0-2 walker2d-random" "finetune 0-2 hopper-medium-replay" \
+      "finetune 3-4 walker2d-random" "finetune 3-4 hopper-medium-replay" \
+      "finetune 0-2 walker2d-medium-replay" "finetune 0-2 hopper-random" \
+      "finetune 3-4 walker2d-medium-replay" "finetune 3-4 hopper-random" ;;
+    door) printf '%s\n' "door 0" "door 1" "door 2" ;;
   esac
 }
 
-steps=${*:-data mechanism finetune door report}
+steps=${*:-mechanism finetune door datacard report}
 for step in $steps; do
   case $step in
-    data)  # two generators at a time, each dataset once
-      jobs_for data | awk 'NR % 2 == 1' | run_jobs $here/logs/data-0.log &
-      jobs_for data | awk 'NR % 2 == 0' | run_jobs $here/logs/data-1.log &
-      wait ;;
-    report) jobs_for report | run_jobs $here/logs/report.log ;;
-    *)  # one lane per seed group
-      for seeds in "${groups[@]}"; do jobs_for "$step" | seeds=$seeds run_jobs "$here/logs/$step-seeds$seeds.log" & done
+    datacard) datacard ;;
+    report) opt-fast report $here/runs --out $here/report 2>&1 | tee -a $here/logs/report.log ;;
+    # One more lane running the job lines given on stdin (e.g. `echo "mechanism 0-2 walker2d-random" | ... lane`).
+    lane) run_jobs "$here/logs/lane-$budget-$(date -u +%H%M%S).log" ;;
+    *)
+      jobs_for "$step" | awk 'NR % 2 == 1' | run_jobs "$here/logs/$step-$budget-lane0.log" &
+      jobs_for "$step" | awk 'NR % 2 == 0' | run_jobs "$here/logs/$step-$budget-lane1.log" &
       wait ;;
   esac
 done
