@@ -113,9 +113,10 @@ def train(configs: list[Config], out: Path, resume: bool, dataset, until: str | 
 
     run_dirs = [run_dir_for(out, config, dataset.content_digest) for config in configs]
     finished = "summary.json" if until is None else f"summary-{until}.json"
-    if resume and all((run_dir / finished).exists() for run_dir in run_dirs):
-        # Also a run whose small outputs were restored without its checkpoints (results/study/run.sh on a new
-        # machine): it is finished, not started again.
+    if resume and all((run_dir / finished).exists() and not (run_dir / "checkpoints" / "latest.pt").exists()
+                      for run_dir in run_dirs):
+        # A finished run whose small outputs were restored without its checkpoints (results/study/run.sh on a new
+        # machine) is kept, not started again; one with its checkpoints resumes as usual.
         for run_dir in run_dirs:
             print(f"--resume: {run_dir} already finished (its {finished} is kept); nothing to run", file=sys.stderr)
         return [json.loads((run_dir / finished).read_text()) for run_dir in run_dirs]
