@@ -14,28 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 from reference_opt import NumpyReplay, ReferenceFinetuner
+from reference_sumtree import NumpySumTree
 
 
-class ItemSumTree:
-    """Binary sum-tree over ``capacity`` priorities (root at 1, children of ``i`` at ``2i, 2i + 1``), updated and
-    searched one item at a time; the interface of ``NumpySumTree``."""
-
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.depth = (capacity - 1).bit_length()
-        self.leaves = 1 << self.depth
-        self.tree = np.zeros(2 * self.leaves, dtype=np.float64)
-
-    @property
-    def total(self) -> float:
-        return float(self.tree[1])
-
-    def fill(self, priorities: np.ndarray) -> None:
-        """Set the first ``len(priorities)`` leaves and rebuild the tree bottom-up (loading a dataset is one-off)."""
-        self.tree[self.leaves : self.leaves + len(priorities)] = priorities
-        for node in range(self.leaves - 1, 0, -1):
-            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+class ItemSumTree(NumpySumTree):
+    """``NumpySumTree``'s tree (same layout, the same one-off ``fill``) updated and searched one item at a time."""
 
     def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """For each item: set its leaf, then add the change to every ancestor."""
@@ -60,14 +43,6 @@ class ItemSumTree:
                     node = 2 * node
             rows[i] = node - self.leaves
         return rows
-
-    def sample_stratified(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """One proportional draw in each of ``batch_size`` equal segments of the total mass."""
-        segment = self.total / batch_size
-        while True:
-            rows = self.find((np.arange(batch_size) + rng.random(batch_size)) * segment)
-            if np.all(self.tree[rows + self.leaves] > 0):
-                return rows
 
 
 class OEMAPeerFinetuner(ReferenceFinetuner):

@@ -16,23 +16,12 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ElementTree
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("opt-fast", "torch", "triton", "numpy", "mujoco", "mujoco-mjx", "jax", "jaxlib", "gymnasium",
             "pytest-benchmark")
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 def device_lines() -> list[str]:
@@ -83,7 +72,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from opt_fast.io import atomic_write
-    from opt_fast.provenance import code_version, machine_description
+    from opt_fast.provenance import code_version, machine_description, package_versions
 
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     out = ROOT / "results" / f"{kind}-{datetime.date.today().isoformat()}.md"
@@ -100,7 +89,7 @@ def main(argv: list[str]) -> int:
         tests = outcomes(junit)
     header = [f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
               f"Machine: {machine_description()}", *device_lines(), f"Code: {code_version()}",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions(PACKAGES).items()),
               f"pytest exit status: {code} (1 = some target missed; see the table)",
               # Other processes on the machine slow every side alike, ratios less than absolute figures.
               "Load average (1, 5, 15 min) at the start: {:.2f}, {:.2f}, {:.2f}; at the end: {:.2f}, {:.2f}, {:.2f} "
