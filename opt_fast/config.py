@@ -46,7 +46,7 @@ ROLES = ("setting", "execution", "bookkeeping")
 
 
 def setting(default: Any = dataclasses.MISSING, *, phase: str | None, bounds: Range | None = None,
-            role: str = "setting", default_factory: Any = dataclasses.MISSING) -> Any:
+            role: str = "setting", default_factory: Any = dataclasses.MISSING, hashed_at_default: bool = True) -> Any:
     """A Config field with what it is (its ``metadata``), from which the cache keys, the run's hash and validation
     are derived rather than listed:
 
@@ -57,12 +57,14 @@ def setting(default: Any = dataclasses.MISSING, *, phase: str | None, bounds: Ra
     - ``role``: ``setting`` (what the run is), ``execution`` (where and how it runs: part of the run's hash, as it
       moves the last bits of float rounding, but not of what an experiment measures,
       :func:`opt_fast.ablate.setting_hash`) or ``bookkeeping`` (outside every hash and cache key).
+    - ``hashed_at_default``: False for a field added after runs were kept, so that it enters the hashes (run
+      directories, cache keys) only at another value than its default and every earlier run keeps its name.
 
     The help text of ``--help`` is the docstring under the field.
     """
     if phase not in (*PHASE_FIELDS_ORDER, None) or (phase is None) != (role == "bookkeeping") or role not in ROLES:
         raise ValueError(f"a Config field needs a phase unless it is bookkeeping; got phase={phase!r}, role={role!r}")
-    metadata: dict[str, Any] = {"phase": phase, "role": role}
+    metadata: dict[str, Any] = {"phase": phase, "role": role, "hashed_at_default": hashed_at_default}
     if bounds is not None:
         metadata["range"] = bounds
     return field(default=default, default_factory=default_factory, metadata=metadata)
@@ -80,7 +82,7 @@ class Config:
     """Gymnasium MuJoCo version of the online/evaluation env (v5 default; v4 selectable)."""
     seed: int = setting(0, phase="offline", bounds=NON_NEGATIVE)
     """Random seed of the networks, the buffers' sampling, the exploration noise and the envs."""
-    seed_batch: tuple[int, ...] = setting((), phase="offline", bounds=NON_NEGATIVE)
+    seed_batch: tuple[int, ...] = setting((), phase="offline", bounds=NON_NEGATIVE, hashed_at_default=False)
     """The seeds trained with this one as a batch dimension in one process (``--seeds``), ``()`` for a run of its
     own. The batch shares one stream of torch noise, so a seed's result depends on its batch."""
     budget: str = setting("quick", phase="finetune")
@@ -138,7 +140,12 @@ class Config:
     gamma: float = setting(0.99, phase="offline", bounds=UNIT_INTERVAL)
     """Discount factor."""
     tau: float = setting(0.005, phase="offline", bounds=UNIT_INTERVAL)
-    """Polyak rate of the target networks, applied every ``policy_delay`` updates."""
+    """Polyak rate of the target networks, applied every ``policy_delay`` updates (see ``tau_scaling``)."""
+    tau_scaling: Literal["none", "budget"] = setting("none", phase="offline", hashed_at_default=False)
+    """``none``: every phase uses ``tau`` (the paper; default). ``budget``, a reduced-budget deviation: the offline
+    phase and Q_on's pre-training use tau x (the paper's length of the phase / the budget's), at most 1, so that
+    updates x tau, which sets how far a critic's value level gets to its scale, is the paper's; fine-tuning keeps
+    ``tau``. From the budget's lengths, not the overrides', so every cell of an N_pretrain grid shares one rate."""
     policy_noise: float = setting(0.2, phase="offline", bounds=NON_NEGATIVE)
     """Std of the target-policy smoothing noise (TD3)."""
     noise_clip: float = setting(0.5, phase="offline", bounds=NON_NEGATIVE)
@@ -239,8 +246,7 @@ class Config:
         """A short stable hash of the given fields (all but bookkeeping ones by default)."""
         values = self.to_json()
         keys = fields if fields is not None else sorted(set(values) - set(BOOKKEEPING_FIELDS))
-        if not values["seed_batch"]:  # runs of their own keep the identity they had before seed batches existed
-            keys = [k for k in keys if k != "seed_batch"]
+        keys = [k for k in keys if k not in _DEFAULTS_UNHASHED or values[k] != _DEFAULTS_UNHASHED[k]]
         blob = json.dumps({k: values[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -280,6 +286,10 @@ COLLECT_FIELDS = fields_of("collect")
 # Fields that determine the run's state at a given step of Q_on's pre-training, whatever N_pretrain itself is: runs
 # sharing them start from the stored state of a longer pre-training of the same seed (``Trainer.pretrain_snapshots``).
 PRETRAIN_FIELDS = fields_of("pretrain")
+
+# Fields left out of the hashes while at their default (``hashed_at_default``), with their default as JSON.
+_DEFAULTS_UNHASHED: dict[str, Any] = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(Config)
+                                      if not f.metadata["hashed_at_default"]}
 
 BOOKKEEPING_FIELDS = fields_with_role("bookkeeping")
 """Outside the run's hash (:meth:`Config.digest`) and every cache key: where the numbers are reported, not what."""
@@ -399,6 +409,8 @@ def validate(config: Config) -> None:
         raise ValueError(f"--meta-loss-weight must be 'ratio' or 'one', got {config.meta_loss_weight!r}")
     if config.pretrain_data not in ("both", "offline", "online"):
         raise ValueError(f"--pretrain-data must be both|offline|online, got {config.pretrain_data!r}")
+    if config.tau_scaling not in ("none", "budget"):
+        raise ValueError(f"--tau-scaling must be 'none' or 'budget', got {config.tau_scaling!r}")
     if config.kappa_ramp_from not in ("n_tau", "zero"):
         raise ValueError(f"--kappa-ramp-from must be 'n_tau' or 'zero', got {config.kappa_ramp_from!r}")
     if config.env_backend not in ENV_BACKENDS:
@@ -431,6 +443,16 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
 def offline_phase_steps(config: Config) -> int:
     """Gradient steps of the offline phase: SPOT's behaviour-VAE steps come first, then the actor/critic steps."""
     return config.offline_steps + (config.vae_steps if config.backbone == "spot" else 0)
+
+
+def phase_tau(config: Config, phase: Literal["offline", "pretrain", "finetune"]) -> float:
+    """The Polyak rate of a phase's target updates: ``tau``, or with ``--tau-scaling budget`` scaled in the offline
+    phase and Q_on's pre-training by the paper's length of the phase over the budget's (``tau_scaling``)."""
+    if config.tau_scaling == "none" or phase == "finetune":
+        return config.tau
+    length = "offline_steps" if phase == "offline" else "n_pretrain"
+    budgets = SPOT_BUDGETS if config.backbone == "spot" and config.budget in SPOT_BUDGETS else BUDGETS
+    return min(1.0, config.tau * BUDGETS["paper"][length] / budgets[config.budget][length])
 
 
 def online_discount(config: Config) -> float:

@@ -9,7 +9,7 @@ import torch
 from opt_fast.agents.opt import OPTAgent, balanced_priorities, density_ratio_loss, meta_adaptation_loss
 from opt_fast.agents.common import Batch
 from opt_fast.agents.td3 import td3_bc_actor_loss, td_losses, td_target
-from opt_fast.config import Config, first_update_step, kappa, kappa_ramp_steps, resolve
+from opt_fast.config import Config, first_update_step, kappa, kappa_ramp_steps, phase_tau, resolve
 from opt_fast.networks import Critic, DeterministicActor, EnsembleMLP, stack_params
 
 
@@ -155,6 +155,44 @@ def test_budgets_keep_the_papers_proportions(budget):
     config = resolve(Config(), {"budget": budget}, "medium-replay", "hopper")
     assert config.n_tau / config.online_steps == pytest.approx(25_000 / 300_000, rel=0.01)
     assert config.n_tau >= config.batch_size  # updates, and the kappa ramp, start right after the collection
+
+
+def test_tau_scaling_gives_each_phase_the_papers_updates_times_tau():
+    """--tau-scaling budget: tau x (paper's phase length / budget's), at most 1; fine-tuning keeps tau; the paper
+    budget and --tau-scaling none keep tau everywhere; length overrides keep the budget's rate."""
+    def rates(budget, **overrides):
+        config = resolve(Config(), {"budget": budget, "tau_scaling": "budget", **overrides}, "random", "walker2d")
+        return tuple(phase_tau(config, phase) for phase in ("offline", "pretrain", "finetune"))
+
+    assert rates("paper") == (0.005, 0.005, 0.005)
+    assert rates("quick") == pytest.approx((0.005 * 1_000_000 / 20_000, 0.005 * 50_000 / 20_000, 0.005))  # 0.25
+    assert rates("study") == pytest.approx((0.025, 0.005, 0.005))
+    assert rates("smoke") == pytest.approx((1.0, 1.0, 0.005))  # 0.005 x 1M / 200 = 25, clipped
+    assert rates("quick", n_pretrain=5_000, offline_steps=1_000) == rates("quick")
+    unscaled = resolve(Config(), {"budget": "quick"}, "random", "walker2d")
+    assert {phase_tau(unscaled, p) for p in ("offline", "pretrain", "finetune")} == {0.005}
+    door = resolve(Config(), {"budget": "quick", "tau_scaling": "budget"}, "cloned", "door")  # SPOT's own budget
+    assert phase_tau(door, "pretrain") == pytest.approx(0.005 * 50_000 / 1_000)
+    with pytest.raises(ValueError, match="--tau-scaling must be 'none' or 'budget', got 'phase'"):
+        resolve(Config(), {"tau_scaling": "phase"}, "random", "walker2d")
+
+
+@pytest.mark.parametrize("tau_scaling", ["none", "budget"])
+def test_offline_and_pretrain_targets_move_at_the_phase_rate(tau_scaling):
+    """One delayed offline update moves Q_off's target, and one delayed pre-training update Q_on's, by exactly
+    their phase's Polyak rate: target' = (1 - tau) target + tau online."""
+    config = resolve(Config(), {"budget": "quick", "hidden": (8,), "tau_scaling": tau_scaling}, "random")
+    agent = OPTAgent(1, 1, config)
+    for phase, update, target, online in (
+            ("offline", lambda: agent.backbone.offline_update(B, step=1), agent.backbone.critic_target,
+             agent.backbone.critic),
+            ("pretrain", lambda: agent.pretrain_update(B, B, step=1), agent.q_on_target, agent.q_on)):
+        before = [p.clone() for p in target.parameters()]
+        update()
+        rate = phase_tau(config, phase)
+        assert rate == (0.005 if tau_scaling == "none" else {"offline": 0.25, "pretrain": 0.0125}[phase])
+        for old, new, source in zip(before, target.parameters(), online.parameters()):
+            torch.testing.assert_close(new, (1 - rate) * old + rate * source, rtol=1e-6, atol=1e-7)
 
 
 def test_density_ratio_loss_and_priorities_hand_values():

@@ -19,7 +19,7 @@ from opt_fast.agents.spot import SPOT
 from opt_fast.agents.common import Batch, compile_fullgraph
 from opt_fast.agents.td3 import (TD3, first_heads, network_options, per_seed, seed_generators, td_losses, td_target,
                                  with_critic_backend)
-from opt_fast.config import Config, online_discount
+from opt_fast.config import Config, online_discount, phase_tau
 from opt_fast.networks import Critic, DensityRatio, LayerParams, adam, q_values, stack_params
 
 _LOG_EPS = 1e-10
@@ -133,7 +133,8 @@ class OPTAgent:
             raise RuntimeError("online pre-training needs OPT on (config.opt)")
         losses = self.pretrain_losses(off, on)
         delayed = (step + 1) % self.config.policy_delay == 0
-        self.backbone.optimize(losses["loss"], [self.q_on_opt], [(self.q_on_target, self.q_on)] if delayed else [])
+        self.backbone.optimize(losses["loss"], [self.q_on_opt], [(self.q_on_target, self.q_on)] if delayed else [],
+                               phase_tau(self.config, "pretrain"))
         return {k: v.detach() for k, v in losses.items()}
 
     # ---------------------------------------------------------------- phase 3: online fine-tuning

@@ -14,7 +14,7 @@ from torch import nn
 
 from opt_fast.agents.common import Batch, compile_fullgraph
 from opt_fast.agents.td3 import TD3, QFunction, detached, first_heads, per_seed
-from opt_fast.config import Config
+from opt_fast.config import Config, phase_tau
 from opt_fast.networks import EnsembleMLP, adam, ensemble_forward, per_seed_output, q_values
 
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0
@@ -113,7 +113,7 @@ class SPOT(TD3):
         info = {"critic_loss": self.optimize(self.critic_loss(batch), [self.critic_opt])}
         if (step + 1) % self.config.policy_delay == 0:
             info["actor_loss"] = self.optimize(self.offline_actor_loss(batch.obs), [self.actor_opt],
-                                               self.target_pairs())
+                                               self.target_pairs(), phase_tau(self.config, "offline"))
         return info
 
     def modules(self) -> dict[str, nn.Module]:

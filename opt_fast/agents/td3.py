@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from opt_fast.agents.common import Batch, UpdateFn, compile_fullgraph, compiled_updates, eager_updates, optimize
-from opt_fast.config import Config
+from opt_fast.config import Config, phase_tau
 from opt_fast.networks import Critic, DeterministicActor, LayerParams, adam, q_values, resolve_critic_backend
 
 
@@ -152,13 +152,15 @@ class TD3:
         """One TD3+BC step: critic every step; actor and Polyak updates every ``policy_delay`` steps."""
         info = {"critic_loss": self.optimize(self.critic_loss(batch), [self.critic_opt])}
         if (step + 1) % self.config.policy_delay == 0:
-            info["actor_loss"] = self.optimize(self.bc_actor_loss(batch), [self.actor_opt], self.target_pairs())
+            info["actor_loss"] = self.optimize(self.bc_actor_loss(batch), [self.actor_opt], self.target_pairs(),
+                                               phase_tau(self.config, "offline"))
         return info
 
     def optimize(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer],
-                 polyak: Sequence[tuple[nn.Module, nn.Module]] = ()) -> torch.Tensor:
-        """:func:`optimize` with this agent's parameter updates (eager, or compiled by :meth:`compile`)."""
-        return optimize(loss, optimizers, self.apply_updates, polyak, self.config.tau)
+                 polyak: Sequence[tuple[nn.Module, nn.Module]] = (), tau: float | None = None) -> torch.Tensor:
+        """:func:`optimize` with this agent's parameter updates (eager, or compiled by :meth:`compile`); Polyak rate
+        ``tau``, the config's by default."""
+        return optimize(loss, optimizers, self.apply_updates, polyak, self.config.tau if tau is None else tau)
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(target, source) of the networks whose targets follow them by Polyak averaging."""
