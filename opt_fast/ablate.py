@@ -211,10 +211,10 @@ def describe(config: Config) -> str:
     ``TD3+OPT`` or ``TD3+OPT N_tau=0, Q_on on offline data``. Runs with the same description may still differ in
     other settings (network sizes...); reports tell those apart by their config hash."""
     name = method_name(config)
+    parts = ["tau scaled with the budget"] if config.tau_scaling == "budget" else []
     if not config.opt:
-        return name
+        return f"{name} {', '.join(parts)}" if parts else name
     ref = reference(config)
-    parts = []
     if config.n_tau != ref.n_tau:
         parts.append(f"N_tau={config.n_tau}")
     if config.n_pretrain != ref.n_pretrain:

@@ -66,6 +66,10 @@ def test_labels_follow_the_budget_defaults():
 
     assert describe(configure("hopper-medium-replay", {"budget": "quick"})) == "TD3+OPT"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "opt": False})) == "TD3"
+    assert describe(configure("hopper-medium-replay", {"budget": "quick", "opt": False, "tau_scaling": "budget"})) \
+        == "TD3 tau scaled with the budget"
+    assert describe(configure("hopper-medium-replay", {"budget": "quick", "tau_scaling": "budget", "n_tau": 300})) \
+        == "TD3+OPT tau scaled with the budget, N_tau=300"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "meta_loss_weight": "one"})) \
         == "TD3+OPT meta loss weight one"
     # medium-replay's schedule is 0.1 -> 0.9; the quick budget scales the 150k ramp to its fine-tuning length.

@@ -1,8 +1,8 @@
 #!/bin/bash
 # The study of issue 10 (README.md beside this file): generated data, then the mechanism, fine-tuning and door-cloned.
 # Run from the repository root:   bash results/study/run.sh [STEP...]
-#   steps: mechanism finetune door datacard report (default: all of them, in that order); `lane` runs job lines
-#   from stdin
+#   steps: mechanism finetune door datacard report (default: all of them, in that order); `tau` (the value-scale
+#   question, with BUDGET=quick); `lane` runs job lines from stdin
 #   BUDGET=study (default) or quick: the training budget of the mechanism and fine-tuning runs. The data is always
 #   the `study` generation (1M rows, SAC up to the medium target), passed with --dataset, so every budget trains on
 #   the same files.
@@ -63,7 +63,8 @@ mechanism() {  # the phases up to the end of online pre-training; extra options 
 }
 
 finetune() {  # TD3 and TD3+OPT to the end of the budget (TD3+OPT continues its mechanism run)
-  train "$1" "$2" --compare
+  local seeds=$1 dataset=$2; shift 2
+  train "$seeds" "$dataset" --compare "$@"
 }
 
 door() {  # Adroit door-cloned at the paper's own protocol (study = paper for SPOT families), SPOT vs SPOT+OPT
@@ -129,6 +130,11 @@ jobs_for() {
       "finetune 0-2 walker2d-medium-replay" "finetune 0-2 hopper-random" \
       "finetune 3-4 walker2d-medium-replay" "finetune 3-4 hopper-random" ;;
     door) printf '%s\n' "door 0" "door 1" "door 2" ;;
+    # The value-scale question at a reduced budget (BUDGET=quick): the mechanism and fine-tuning with the offline and
+    # pre-training phases' Polyak rate scaled so that updates x tau is the paper's (--tau-scaling budget), to set
+    # beside the same seeds unscaled. TD3+OPT's mechanism, TD3 beside it, then TD3+OPT continued to the end.
+    tau) printf '%s\n' "mechanism 0-2 walker2d-random --tau-scaling budget" \
+      "train 0-2 walker2d-random --tau-scaling budget --no-opt" "train 0-2 walker2d-random --tau-scaling budget" ;;
   esac
 }
 
