@@ -252,7 +252,9 @@ class Config:
 
 
 def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The options in which two configs (``to_json()`` values) differ, each as ``--name (stored vs wanted)``."""
+    """The options in which two configs (``to_json()`` values) differ, each as ``--name (stored vs wanted)``; a
+    config.json written before a field existed had its default."""
+    stored = {**_DEFAULTS_UNHASHED, **stored}
     return [f"--{key.replace('_', '-')} ({stored.get(key)!r} there, {wanted.get(key)!r} here)"
             for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
 

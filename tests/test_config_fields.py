@@ -9,7 +9,7 @@ from pathlib import Path
 
 from opt_fast import ablate, cli
 from opt_fast.config import (BOOKKEEPING_FIELDS, COLLECT_FIELDS, OFFLINE_FIELDS, PRETRAIN_FIELDS, Config,
-                             resolve)
+                             config_differences, resolve)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -52,6 +52,9 @@ def test_the_digests_are_the_ones_of_before():
         assert config.digest(old) == config.digest(new)
     scaled = dataclasses.replace(config, tau_scaling="budget")
     assert scaled.digest() != config.digest()
+    written_before = {k: v for k, v in values.items() if k not in ADDED_OFFLINE}  # a config.json of before
+    assert config_differences(written_before, scaled.to_json()) == ["--tau-scaling ('none' there, 'budget' here)"]
+    assert config_differences(written_before, values) == []
     assert scaled.digest(OFFLINE_FIELDS) != config.digest(OFFLINE_FIELDS)
 
 
