@@ -240,8 +240,10 @@ _BOOKKEEPING = frozenset(fields_with_role("bookkeeping", "execution"))
 
 
 def setting_hash(config: Config) -> str:
-    """The hash shared by the seeds of one experiment: every setting but the seed and the bookkeeping ones."""
-    return dataclasses.replace(config, seed=0).digest(tuple(sorted(set(config.to_json()) - _BOOKKEEPING)))
+    """The hash shared by the seeds of one experiment: every setting but the seed, its seed batch (which seeds
+    trained beside it in one process) and the bookkeeping ones."""
+    return dataclasses.replace(config, seed=0, seed_batch=()).digest(
+        tuple(sorted(set(config.to_json()) - _BOOKKEEPING)))
 
 
 def grid_base(config: Config) -> Config:

@@ -8,7 +8,8 @@ import torch
 from test_sweep import TINY, write_tiny_dataset
 
 from opt_fast import pipeline
-from opt_fast.ablate import AblationSpec, check_overrides, describe, expand, parse_seeds, variant_overrides
+from opt_fast.ablate import (AblationSpec, check_overrides, configure, describe, expand, parse_seeds, setting_hash,
+                             variant_overrides)
 from opt_fast.runs import run_dir_for
 from opt_fast.data.d4rl import load_dataset
 from opt_fast.sweep import run_sweep
@@ -61,8 +62,16 @@ def test_grid_variants_and_the_n_tau_zero_rule(dataset):
         expand(spec(dataset, n_tau=[100]))
 
 
+def test_seeds_of_one_experiment_share_its_hash_whatever_their_batch():
+    base = {"budget": "quick"}
+    alone = configure("walker2d-random", {**base, "seed": 0})
+    batched = configure("walker2d-random", {**base, "seed": 3, "seed_batch": (3, 4)})
+    assert setting_hash(alone) == setting_hash(batched)
+    assert setting_hash(configure("walker2d-random", {**base, "gamma": 0.98})) != setting_hash(alone)
+    assert setting_hash(configure("walker2d-random", {**base, "tau_scaling": "budget"})) != setting_hash(alone)
+
+
 def test_labels_follow_the_budget_defaults():
-    from opt_fast.ablate import configure
 
     assert describe(configure("hopper-medium-replay", {"budget": "quick"})) == "TD3+OPT"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "opt": False})) == "TD3"
