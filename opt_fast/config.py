@@ -251,12 +251,12 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The options in which two configs (``to_json()`` values) differ, each as ``--name (stored vs wanted)``; a
-    config.json written before a field existed had its default."""
-    stored = {**_DEFAULTS_UNHASHED, **stored}
+def config_differences(stored: dict[str, Any], wanted: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The options but ``ignore`` in which two configs (``to_json()`` values) differ, each as ``--name (stored vs
+    wanted)``; a config.json written before a field existed had its default."""
+    stored = {**Config().to_json(), **stored}
     return [f"--{key.replace('_', '-')} ({stored.get(key)!r} there, {wanted.get(key)!r} here)"
-            for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
+            for key in sorted((set(stored) | set(wanted)) - set(ignore)) if stored.get(key) != wanted.get(key)]
 
 
 PHASES = ("offline", "collect", "pretrain", "finetune", "done")

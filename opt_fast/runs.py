@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opt_fast.config import DATA_BUDGET, Config, config_differences, resolve
+from opt_fast.config import BOOKKEEPING_FIELDS, DATA_BUDGET, Config, config_differences, resolve
 from opt_fast.datagen import generate_data
 from opt_fast.tasks import resolve_task
 
@@ -44,7 +44,7 @@ def differing_runs(out: Path, config: Config, data_digest: str) -> list[str]:
             stored = json.loads(stored_path.read_text())
         except (OSError, ValueError):
             continue  # not a run directory this version wrote
-        fields = config_differences(stored, wanted)
+        fields = config_differences(stored, wanted, ignore=BOOKKEEPING_FIELDS)  # bookkeeping makes no other run
         if not stored_path.parent.name.endswith(data_digest[:12]):
             fields.append("the data (another content digest)")
         found.append(f"{stored_path.parent}: {'; '.join(fields) or 'the same settings'}")

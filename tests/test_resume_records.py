@@ -26,9 +26,9 @@ def test_resume_says_what_it_continues_or_which_runs_differ(tmp_path, capsys):
     [run_dir] = (tmp_path / "runs" / "hopper-random-v2").glob("td3-*")
     assert f"resuming {run_dir} from checkpoints/latest.pt: phase done" in capsys.readouterr().err
     # Another option and other data: nothing matches, and the existing run is listed with what differs.
-    assert cli.main([*args, "--resume", "--gamma", "0.98"]) == 0
+    assert cli.main([*args, "--resume", "--gamma", "0.98", "--log-every", "7"]) == 0
     err = capsys.readouterr().err
-    assert f"existing run {run_dir}: --gamma (0.99 there, 0.98 here)" in err
+    assert f"existing run {run_dir}: --gamma (0.99 there, 0.98 here)\n" in err  # --log-every is bookkeeping
     write_tiny_dataset(data, seed=5)
     assert cli.main([*args, "--resume"]) == 0
     assert f"existing run {run_dir}: the data (another content digest)" in capsys.readouterr().err
