@@ -72,7 +72,6 @@ def test_seeds_of_one_experiment_share_its_hash_whatever_their_batch():
 
 
 def test_labels_follow_the_budget_defaults():
-
     assert describe(configure("hopper-medium-replay", {"budget": "quick"})) == "TD3+OPT"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "opt": False})) == "TD3"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "opt": False, "tau_scaling": "budget"})) \
