@@ -210,11 +210,17 @@ def describe(config: Config) -> str:
     """A run's method and the ablation settings in which it differs from the paper's protocol at its budget, e.g.
     ``TD3+OPT`` or ``TD3+OPT N_tau=0, Q_on on offline data``. Runs with the same description may still differ in
     other settings (network sizes...); reports tell those apart by their config hash."""
-    name = method_name(config)
     parts = ["tau scaled with the budget"] if config.tau_scaling == "budget" else []
-    if not config.opt:
-        return f"{name} {', '.join(parts)}" if parts else name
+    if config.opt:
+        parts += _opt_differences(config)
+    name = method_name(config)
+    return f"{name} {', '.join(parts)}" if parts else name
+
+
+def _opt_differences(config: Config) -> list[str]:
+    """The OPT settings in which an OPT run differs from the paper's protocol at its budget, in words."""
     ref = reference(config)
+    parts = []
     if config.n_tau != ref.n_tau:
         parts.append(f"N_tau={config.n_tau}")
     if config.n_pretrain != ref.n_pretrain:
@@ -232,7 +238,7 @@ def describe(config: Config) -> str:
         origin = "the first update" if config.kappa_ramp_from == "n_tau" else "step 0"
         parts.append(f"kappa {config.kappa_start:g}->{config.kappa_end:g} over {config.kappa_ramp_share:.0%} of "
                      f"fine-tuning from {origin}")
-    return f"{name} {', '.join(parts)}" if parts else name
+    return parts
 
 
 # Settings that do not change what an experiment measures (where and how fast it ran, free-form notes).
