@@ -86,7 +86,7 @@ datacard() {  # data.md: every generated dataset of the study on this machine be
     echo
     echo "Generated data, not D4RL data: \`opt-fast data generate NAME --budget study\` (D4RL's recipe, seed 0," \
          "gymnasium v5). Written by \`bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
-         "$(python -c 'from opt_fast.pipeline import machine_description; print(machine_description())'), with" \
+         "$(python -c 'from opt_fast.provenance import machine_description; print(machine_description())'), with" \
          "\`opt-fast data compare ${names[*]} --budget study\`. D4RL's rows and returns: Decision Transformer's" \
          "run of its data script on the v2 files; episodes: the TFDS catalog (\`opt_fast/data/published.py\`)."
     echo
