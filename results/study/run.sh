@@ -76,7 +76,9 @@ door() {  # Adroit door-cloned at the paper's own protocol (study = paper for SP
 }
 
 datacard() {  # data.md: every generated dataset of the study on this machine beside D4RL's published statistics
-  local names=() name
+  local names=() name machine
+  # Assigned on its own so that a failure stops the script (set -e) instead of writing an empty machine name.
+  machine=$(python -c 'from opt_fast.provenance import machine_description; print(machine_description())')
   for name in hopper-medium-replay walker2d-medium-replay halfcheetah-medium-replay hopper-random walker2d-random \
               halfcheetah-random hopper-medium walker2d-medium halfcheetah-medium; do
     if [ -f "$(file_of "$name")" ]; then names+=("$name"); fi
@@ -86,7 +88,7 @@ datacard() {  # data.md: every generated dataset of the study on this machine be
     echo
     echo "Generated data, not D4RL data: \`opt-fast data generate NAME --budget study\` (D4RL's recipe, seed 0," \
          "gymnasium v5). Written by \`bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
-         "$(python -c 'from opt_fast.provenance import machine_description; print(machine_description())'), with" \
+         "$machine, with" \
          "\`opt-fast data compare ${names[*]} --budget study\`. D4RL's rows and returns: Decision Transformer's" \
          "run of its data script on the v2 files; episodes: the TFDS catalog (\`opt_fast/data/published.py\`)."
     echo
