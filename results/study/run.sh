@@ -149,7 +149,7 @@ for step in $steps; do
     datacard) datacard ;;
     report) opt-fast report $here/runs --out $here/report 2>&1 | tee -a $here/logs/report.log ;;
     # One more lane running the job lines given on stdin (e.g. `echo "mechanism 0-2 walker2d-random" | ... lane`).
-    lane) run_jobs "$here/logs/lane-$budget-$(date -u +%H%M%S).log" ;;
+    lane) run_jobs "$here/logs/lane-$budget-$(date -u +%H%M%S)-$$.log" ;;
     *)
       jobs_for "$step" | awk 'NR % 2 == 1' | run_jobs "$here/logs/$step-$budget-lane0.log" &
       jobs_for "$step" | awk 'NR % 2 == 0' | run_jobs "$here/logs/$step-$budget-lane1.log" &
