@@ -135,11 +135,13 @@ jobs_for() {
     # The value-scale question at a reduced budget (BUDGET=quick): the mechanism and fine-tuning with the offline and
     # pre-training phases' Polyak rate scaled so that updates x tau is the paper's (--tau-scaling budget), to set
     # beside the same seeds unscaled. TD3+OPT's mechanism, TD3 beside it, then TD3+OPT continued to the end, and
-    # Q_on without meta-adaptation and on offline data only, as the unscaled ablations.
+    # Q_on without meta-adaptation and on offline data only, as the unscaled ablations; then hopper-medium-replay's
+    # mechanism (where the scaled offline rate makes TD3+BC's critic diverge: README).
     tau) printf '%s\n' "mechanism 0-2 walker2d-random --tau-scaling budget" \
       "train 0-2 walker2d-random --tau-scaling budget --no-opt" "train 0-2 walker2d-random --tau-scaling budget" \
       "mechanism 0-2 walker2d-random --tau-scaling budget --meta-adaptation false" \
-      "mechanism 0-2 walker2d-random --tau-scaling budget --pretrain-data offline" ;;
+      "mechanism 0-2 walker2d-random --tau-scaling budget --pretrain-data offline" \
+      "mechanism 0-2 hopper-medium-replay --tau-scaling budget" ;;
   esac
 }
 
