@@ -75,8 +75,9 @@ door() {  # Adroit door-cloned at the paper's own protocol (study = paper for SP
   keep door-cloned
 }
 
-datacard() {  # data.md: every generated dataset of the study on this machine beside D4RL's published statistics
-  local names=() name machine
+datacard() {  # data.md (or $DATACARD): every generated dataset of the study on this machine beside D4RL's statistics
+  # (the generated files differ between the Intel and the AMD machines tried: one card per CPU vendor)
+  local names=() name machine card=${DATACARD:-$here/data.md}
   # Assigned on its own so that a failure stops the script (set -e) instead of writing an empty machine name.
   machine=$(python -c 'from opt_fast.provenance import machine_description; print(machine_description())')
   for name in hopper-medium-replay walker2d-medium-replay halfcheetah-medium-replay hopper-random walker2d-random \
@@ -87,14 +88,14 @@ datacard() {  # data.md: every generated dataset of the study on this machine be
     echo "# Generated data of the study beside D4RL's published statistics"
     echo
     echo "Generated data, not D4RL data: \`opt-fast data generate NAME --budget study\` (D4RL's recipe, seed 0," \
-         "gymnasium v5). Written by \`bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
+         "gymnasium v5). Written by \`${DATACARD:+DATACARD=$card }bash results/study/run.sh datacard\` on $(date -u +%F), machine:" \
          "$machine, with" \
          "\`opt-fast data compare ${names[*]} --budget study\`. D4RL's rows and returns: Decision Transformer's" \
          "run of its data script on the v2 files; episodes: the TFDS catalog (\`opt_fast/data/published.py\`)."
     echo
     opt-fast data compare "${names[@]}" --budget study
-  } > $here/data.md.tmp
-  mv $here/data.md.tmp $here/data.md
+  } > "$card.tmp"
+  mv "$card.tmp" "$card"
 }
 
 run_jobs() {  # run_jobs LOG: each job read from stdin in turn, output appended to LOG
