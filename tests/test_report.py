@@ -13,7 +13,8 @@ from test_sweep import TINY, write_tiny_dataset
 
 from opt_fast.ablate import AblationSpec, describe, expand, variant_overrides
 from opt_fast.config import Config, resolve
-from opt_fast.report import PAPER_SOURCE, Stat, _final_table, build_report, iqm, mean_ci, stratified_bootstrap_iqm
+from opt_fast.report import (PAPER_SOURCE, Stat, _final_table, build_report, find_runs, iqm, mean_ci,
+                             stratified_bootstrap_iqm, value_levels)
 from opt_fast.sweep import run_sweep
 
 T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles (two-sided 95%) for 1 and 2 degrees of freedom
@@ -187,12 +188,16 @@ def test_a_batched_seed_counts_its_share_of_the_batch_wall_time(runs, tmp_path):
     assert rows["TD3"] == "25" and rows["TD3+OPT"] == "100"
 
 
-def write_stopped_run(root, name: str, config: Config, biases: tuple[float, float], mc_return: float) -> None:
-    """A run directory as ``opt-fast train --until pretrain`` leaves it, with a given pre-training end record."""
+def write_stopped_run(root, name: str, config: Config, biases: tuple[float, float], mc_return: float,
+                      offline_q: dict[int, float] | None = None) -> None:
+    """A run directory as ``opt-fast train --until pretrain`` leaves it, with a given pre-training end record and,
+    at each offline step of ``offline_q``, an offline evaluation whose Q_off is that value against a return of 50."""
     run = root / "hopper-medium-replay-v2" / name
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(config.to_json()))
-    records = [{"phase": "offline", "score": 1.0, "q_off_bias": 99.0, "q_on_bias": 99.0, "mc_return": 1.0},
+    records = [{"phase": "offline", "offline_step": step, "score": 1.0, "q_off_q": q, "q_off_bias": q - 50.0,
+                "mc_return": 50.0} for step, q in (offline_q or {}).items()]
+    records += [{"phase": "offline", "score": 1.0, "q_off_bias": 99.0, "q_on_bias": 99.0, "mc_return": 1.0},
                {"phase": "pretrain", "loss": 1.0},  # a training record: the report reads evaluations only
                {"phase": "pretrain", "score": 2.0, "q_off_bias": biases[0], "q_on_bias": biases[1],
                 "mc_return": mc_return}]
@@ -219,3 +224,24 @@ def test_mechanism_table_reads_the_end_of_online_pretraining(tmp_path):
     random = next(line for line in text.splitlines() if line.startswith("| hopper") and "N_pretrain=0" in line)
     assert random.endswith("| 12.0 (n=1) | -101.0 (n=1) |")
     assert (tmp_path / "report" / "figures" / "mechanism-bias.png").stat().st_size > 0
+
+
+def test_value_levels_follow_q_off_through_the_offline_phase(tmp_path):
+    """Q_off as % of the Monte-Carlo return at each offline evaluation, by budget, over the seeds at the budget's
+    protocol; an ablation (same offline phase) and a step only one seed evaluated are left out."""
+    for budget in ("study", "quick"):
+        base = resolve(Config(), {"env": "hopper-medium-replay", "budget": budget}, "medium-replay", "hopper")
+        for seed, q in enumerate([(20.0, 40.0), (30.0, 46.0)]):
+            write_stopped_run(tmp_path, f"opt-{budget}-{seed}", dataclasses.replace(base, seed=seed), (0.0, 0.0),
+                              50.0, {1000: q[0], 2000: q[1], 3000 + seed: 50.0})
+        write_stopped_run(tmp_path, f"ablation-{budget}", dataclasses.replace(base, meta_adaptation=False),
+                          (0.0, 0.0), 50.0, {1000: 0.0, 2000: 0.0})
+    levels = value_levels(find_runs([tmp_path]))
+    study = ("hopper-medium-replay", "generated data, reduced budget (study)")
+    assert set(levels) == {study, ("hopper-medium-replay", "generated data, reduced budget (quick)")}
+    assert list(levels[study]) == [1000, 2000]
+    assert levels[study][1000].mean == pytest.approx(50.0) and levels[study][1000].n == 2  # (40% + 60%) / 2
+    assert levels[study][2000].mean == pytest.approx(86.0)  # (80% + 92%) / 2
+    text = build_report([tmp_path], tmp_path / "report").markdown.read_text()
+    assert f"| hopper-medium-replay | {study[1]} | step 1000: 50.0 ± " in text
+    assert (tmp_path / "report" / "figures" / "value-level.png").stat().st_size > 0
