@@ -12,7 +12,9 @@
 # batch. A job makes its dataset first when it is missing; a lock keeps the two lanes from making one dataset twice.
 # Each finished run's small files (config, metrics, summaries) are copied under results/study/runs/ as it completes.
 set -euo pipefail
-runs=${RUNS:-runs/study}
+# Run directories (checkpoints, replay buffers, the offline cache) live beside the data cache, outside the checkout:
+# a session that gets the same machine gets a new checkout but keeps the home directory, so long runs resume there.
+runs=${RUNS:-$HOME/.opt_fast/runs/study}
 budget=${BUDGET:-study}
 here=results/study
 data_dir=${OPT_FAST_DATA_DIR:-$HOME/.opt_fast/datasets}/generated-v5-study
