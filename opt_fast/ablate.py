@@ -177,7 +177,7 @@ def canonical(config: Config) -> Config:
     (``new-critic`` and the N_pretrain = 0 cells, say) share one run."""
     meta = ("meta_adaptation", "meta_loss_weight", "meta_inner_lr")
     if not config.opt:
-        unread: tuple[str, ...] = _ABLATION_FIELDS + ("meta_inner_lr",)
+        unread: tuple[str, ...] = _ABLATION_FIELDS
     elif config.n_pretrain == 0:
         unread = ("pretrain_data",) + meta
     elif config.pretrain_data != "both":
@@ -191,8 +191,8 @@ def canonical(config: Config) -> Config:
 
 
 # ------------------------------------------------------------------------------------------ naming runs
-_ABLATION_FIELDS = ("n_tau", "n_pretrain", "pretrain_data", "meta_adaptation", "meta_loss_weight", "kappa_start",
-                    "kappa_end", "kappa_ramp_share", "kappa_ramp_from")
+_ABLATION_FIELDS = ("n_tau", "n_pretrain", "pretrain_data", "meta_adaptation", "meta_loss_weight", "meta_inner_lr",
+                    "kappa_start", "kappa_end", "kappa_ramp_share", "kappa_ramp_from")
 
 
 def method_name(config: Config) -> str:
@@ -233,6 +233,8 @@ def _opt_differences(config: Config) -> list[str]:
         meta = config.pretrain_data == "both" and config.meta_adaptation
         if meta and config.meta_loss_weight != ref.meta_loss_weight:
             parts.append(f"meta loss weight {config.meta_loss_weight}")
+        if meta and config.meta_inner_lr != ref.meta_inner_lr:
+            parts.append(f"alpha_in={config.meta_inner_lr:g}")
     kappa = ("kappa_start", "kappa_end", "kappa_ramp_share", "kappa_ramp_from")
     if any(getattr(config, k) != getattr(ref, k) for k in kappa):
         origin = "the first update" if config.kappa_ramp_from == "n_tau" else "step 0"

@@ -437,7 +437,8 @@ _MECHANISM_NOTE = (
     "policy, deterministic, on the evaluation episodes)? Bias = Q_1(s_t, a_t) - discounted return, averaged over "
     "the steps whose return is reliable; mean ± 95% CI over seeds. Rows differ in how Q_on was pre-trained: "
     "TD3+OPT = meta-adaptation on offline and online data (the paper's), 'no meta-adaptation' = plain "
-    "L_off + L_on, 'Q_on on offline/online data' = plain TD on one buffer, N_pretrain=0 = a random Q_on.")
+    "L_off + L_on, 'Q_on on offline/online data' = plain TD on one buffer, N_pretrain=0 = a random Q_on, "
+    "alpha_in=x = meta-adaptation with another inner step size.")
 
 
 def _pretrain_end(run: Run) -> dict[str, Any] | None:

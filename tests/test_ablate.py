@@ -80,6 +80,11 @@ def test_labels_follow_the_budget_defaults():
         == "TD3+OPT tau scaled with the budget, N_tau=300"
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "meta_loss_weight": "one"})) \
         == "TD3+OPT meta loss weight one"
+    assert describe(configure("hopper-medium-replay", {"budget": "quick", "meta_inner_lr": 3e-5})) \
+        == "TD3+OPT alpha_in=3e-05"
+    # Without meta-adaptation there is no inner step: alpha_in is not read, so not named.
+    assert describe(configure("hopper-medium-replay", {"budget": "quick", "meta_inner_lr": 3e-5,
+                                                       "meta_adaptation": False})) == "TD3+OPT no meta-adaptation"
     # medium-replay's schedule is 0.1 -> 0.9; the quick budget scales the 150k ramp to its fine-tuning length.
     assert describe(configure("hopper-medium-replay", {"budget": "quick", "kappa_ramp_share": 0.0})) \
         == "TD3+OPT kappa 0.1->0.9 over 0% of fine-tuning from the first update"
