@@ -586,13 +586,16 @@ def _provenance(finished: list[Run], command: str | None) -> list[Table | str | 
     protocols = sorted({tuple(str(getattr(run.config, f)) for f in _PROTOCOL_FIELDS) + (run.config.budget,)
                         for run in finished})
     items.append(Table([*_PROTOCOL_FIELDS, "budget"], [list(p) for p in protocols]))
+    # Keyed by path and digest: one path can hold different files (the same generation command makes other data on
+    # another CPU vendor), and each must show its own provenance.
     data_rows = {}
     for run in finished:
-        meta = summaries[run.path].get("dataset_metadata", {})
-        data_rows[summaries[run.path].get("dataset_path", run.dataset)] = [
-            summaries[run.path].get("dataset_path", "not recorded"), summaries[run.path]["data_source"],
-            ", ".join(f"{key}={meta[key]}" for key in _DATA_FIELDS if key in meta)]
-    items.append(Table(["data file", "source", "metadata"], [data_rows[key] for key in sorted(data_rows)]))
+        summary = summaries[run.path]
+        meta = summary.get("dataset_metadata", {})
+        path, digest = summary.get("dataset_path", "not recorded"), summary.get("data_digest", "not recorded")[:12]
+        data_rows[path, digest] = [path, digest, summary["data_source"],
+                                   ", ".join(f"{key}={meta[key]}" for key in _DATA_FIELDS if key in meta)]
+    items.append(Table(["data file", "digest", "source", "metadata"], [data_rows[key] for key in sorted(data_rows)]))
     seconds: dict[str, dict[str, list[float]]] = {}
     for run in finished:
         # A seed batch's phases took their time for all its seeds together: each seed's share is the time / S.

@@ -136,8 +136,21 @@ def test_provenance_comes_from_the_runs_own_records(runs, tmp_path):
     # The protocol sizes: a row per N_tau x N_pretrain cell and one for the baseline (the budget's N_tau), and
     # the dataset file with its generator metadata.
     assert "| td3 | 40 | 50 | 40 | 10 | 100 | 2 | 16 |" in provenance and provenance.count("| td3 |") == 5
-    assert f"| {summary['dataset_path']} | generated |" in provenance
+    assert f"| {summary['dataset_path']} | {summary['data_digest'][:12]} | generated |" in provenance
     assert "| TD3+OPT |" in provenance and "| TD3 |" in provenance
+
+
+def test_one_data_path_holding_two_files_gets_a_row_each(runs, tmp_path):
+    """The same generation command makes other data on another CPU vendor, at the same path: both files are listed."""
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    summary_path = next(copy.rglob("summary.json"))
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "data_digest": "0123456789ab" + summary["data_digest"][12:]}))
+    report = build_report([copy], tmp_path / "report", bootstrap_reps=100)
+    provenance = report.markdown.read_text().split("## Provenance")[1].split("## Runs")[0]
+    assert f"| {summary['dataset_path']} | 0123456789ab | generated |" in provenance
+    assert f"| {summary['dataset_path']} | {summary['data_digest'][:12]} | generated |" in provenance
 
 
 def test_a_dataset_without_bias_measurements_gets_a_note_instead_of_a_figure(runs, tmp_path):
