@@ -29,10 +29,14 @@ data() {  # D4RL's recipe (SAC behaviour policy, or a uniform random policy), th
   flock "$data_dir/.$1.lock" opt-fast data generate "$1" --budget study
 }
 
-keep() {  # copy the small outputs of the runs of one dataset into the repository
-  local dataset=$1
+keep() {  # copy the small outputs of the runs of one dataset into the repository: those whose last phase written
+  # is finished (a summary newer than the metrics); a run that is training now, in the other lane, is not copied
+  # (its metrics would overwrite the kept ones of the phases it finished before)
+  local dataset=$1 summary
   for dir in "$runs/$dataset"-v2/*/; do
     [ -f "$dir/config.json" ] || continue
+    summary=$(ls -t "$dir"/summary*.json 2>/dev/null | head -n 1 || true)
+    [ -n "$summary" ] && [ ! "$dir/metrics.jsonl" -nt "$summary" ] || continue
     local dest=$here/runs/$dataset/$(basename "$dir")
     mkdir -p "$dest"
     cp "$dir"/config.json "$dir"/metrics.jsonl "$dest"/
